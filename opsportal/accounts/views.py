@@ -1,0 +1,109 @@
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+
+from opsportal.accounts.models import Membership, Role, Team
+from opsportal.accounts.permissions import mutation, require_role, role_on, visible_teams
+
+
+def teams_list(request: HttpRequest) -> HttpResponse:
+    teams = visible_teams(request.user).annotate(
+        member_count=Count("memberships", distinct=True),
+        workspace_count=Count("workspaces", distinct=True),
+    )
+    return render(request, "accounts/teams.html", {"teams": teams})
+
+
+class MemberForm(forms.Form):
+    email = forms.CharField(label="User (email or username)", max_length=150)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+    def clean_email(self) -> object:
+        value = self.cleaned_data["email"].strip()
+        user_model = get_user_model()
+        user = (
+            user_model.objects.filter(username__iexact=value).first()
+            or user_model.objects.filter(email__iexact=value).first()
+        )
+        if user is None:
+            raise forms.ValidationError("No user with that email or username.")
+        return user
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+def team_detail(request: HttpRequest, slug: str, form: MemberForm | None = None) -> HttpResponse:
+    team = get_object_or_404(visible_teams(request.user), slug=slug)
+    members = team.memberships.select_related("user").order_by("user__username")
+    return render(
+        request,
+        "accounts/team_detail.html",
+        {
+            "team": team,
+            "members": members,
+            "workspaces": team.workspaces.filter(deleted_at__isnull=True).order_by("name"),
+            "role": role_on(request.user, team),
+            "form": form or MemberForm(),
+            "roles": Role.choices,
+        },
+    )
+
+
+@mutation(Role.ADMIN)
+def member_add(request: HttpRequest, slug: str) -> HttpResponse:
+    team = get_object_or_404(visible_teams(request.user), slug=slug)
+    require_role(request.user, team, Role.ADMIN)
+    form = MemberForm(request.POST)
+    if not form.is_valid():
+        response = team_detail(request, slug, form=form)
+        response.status_code = 400
+        return response
+    user = form.cleaned_data["email"]
+    membership, created = Membership.objects.update_or_create(
+        team=team, user=user, defaults={"role": form.cleaned_data["role"]}
+    )
+    verb = "added" if created else "updated"
+    messages.success(request, f"{user.get_username()} {verb} as {membership.get_role_display()}.")
+    return HttpResponseRedirect(team.get_absolute_url())
+
+
+@mutation(Role.ADMIN)
+def member_update(request: HttpRequest, slug: str, member_id: int) -> HttpResponse:
+    team = get_object_or_404(visible_teams(request.user), slug=slug)
+    require_role(request.user, team, Role.ADMIN)
+    membership = get_object_or_404(team.memberships, pk=member_id)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose viewer, operator or admin.")
+        return HttpResponseRedirect(team.get_absolute_url())
+    if _would_remove_last_admin(team, membership, form.cleaned_data["role"]):
+        messages.error(request, "A team keeps at least one admin.")
+        return HttpResponseRedirect(team.get_absolute_url())
+    membership.role = form.cleaned_data["role"]
+    membership.save(update_fields=["role"])
+    messages.success(request, f"{membership.user.get_username()} is now {membership.role}.")
+    return HttpResponseRedirect(team.get_absolute_url())
+
+
+@mutation(Role.ADMIN)
+def member_remove(request: HttpRequest, slug: str, member_id: int) -> HttpResponse:
+    team = get_object_or_404(visible_teams(request.user), slug=slug)
+    require_role(request.user, team, Role.ADMIN)
+    membership = get_object_or_404(team.memberships, pk=member_id)
+    if _would_remove_last_admin(team, membership, None):
+        messages.error(request, "A team keeps at least one admin.")
+        return HttpResponseRedirect(team.get_absolute_url())
+    membership.delete()
+    messages.success(request, f"{membership.user.get_username()} removed from {team.name}.")
+    return HttpResponseRedirect(team.get_absolute_url())
+
+
+def _would_remove_last_admin(team: Team, membership: Membership, new_role: str | None) -> bool:
+    if membership.role != Role.ADMIN or new_role == Role.ADMIN:
+        return False
+    return not team.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk).exists()

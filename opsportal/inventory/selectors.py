@@ -1,0 +1,167 @@
+"""Reads for the inventory pages. Every query is scoped to what the user may see."""
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, Q, QuerySet
+
+from opsportal.accounts.permissions import team_ids_for
+from opsportal.inventory.models import (
+    ATTENTION_STATES,
+    CloudAccount,
+    Endpoint,
+    MarketplaceSubscription,
+    Offering,
+    Workspace,
+)
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def visible_workspaces(user: User) -> QuerySet[Workspace]:
+    qs = Workspace.objects.filter(deleted_at__isnull=True)
+    if user.is_superuser:
+        return qs
+    return qs.filter(team_id__in=team_ids_for(user))
+
+
+def visible_endpoints(user: User) -> QuerySet[Endpoint]:
+    qs = Endpoint.objects.filter(deleted_at__isnull=True, workspace__deleted_at__isnull=True)
+    if user.is_superuser:
+        return qs
+    return qs.filter(workspace__team_id__in=team_ids_for(user))
+
+
+def visible_accounts(user: User) -> QuerySet[CloudAccount]:
+    if user.is_superuser:
+        return CloudAccount.objects.all()
+    return CloudAccount.objects.filter(pk__in=visible_workspaces(user).values("account_id"))
+
+
+def accounts_with_counts(user: User) -> QuerySet[CloudAccount]:
+    ws_filter = Q(workspaces__deleted_at__isnull=True)
+    if not user.is_superuser:
+        ws_filter &= Q(workspaces__team_id__in=team_ids_for(user))
+    return visible_accounts(user).annotate(
+        workspace_count=Count("workspaces", filter=ws_filter, distinct=True)
+    )
+
+
+def workspaces_with_counts(user: User) -> QuerySet[Workspace]:
+    return (
+        visible_workspaces(user)
+        .select_related("account", "team")
+        .annotate(
+            endpoint_count=Count(
+                "endpoints", filter=Q(endpoints__deleted_at__isnull=True), distinct=True
+            )
+        )
+        .order_by("name", "pk")
+    )
+
+
+def workspace_subscriptions(workspace: Workspace) -> QuerySet[MarketplaceSubscription]:
+    return (
+        workspace.marketplace_subscriptions.filter(deleted_at__isnull=True)
+        .select_related("offering")
+        .order_by("offering__family", "offering__model_name")
+    )
+
+
+def workspace_endpoints(workspace: Workspace) -> QuerySet[Endpoint]:
+    return (
+        workspace.endpoints.filter(deleted_at__isnull=True)
+        .select_related("offering")
+        .annotate(
+            deployment_count=Count(
+                "deployments", filter=Q(deployments__deleted_at__isnull=True), distinct=True
+            )
+        )
+        .order_by("name")
+    )
+
+
+@dataclass(frozen=True)
+class EndpointFilters:
+    q: str = ""
+    kind: str = ""
+    state: str = ""
+    region: str = ""
+    family: str = ""
+    workspace: int | None = None
+    team: int | None = None
+    sort: str = "name"
+
+
+SORTS = {
+    "name": ("name", "pk"),
+    "-name": ("-name", "-pk"),
+    "state": ("provisioning_state", "name", "pk"),
+    "region": ("region", "name", "pk"),
+    "newest": ("-created_at", "-pk"),
+}
+
+
+def endpoints_filtered(user: User, filters: EndpointFilters) -> QuerySet[Endpoint]:
+    qs = visible_endpoints(user).select_related("workspace", "workspace__team", "offering")
+    if filters.q:
+        qs = qs.filter(Q(name__icontains=filters.q) | Q(offering__model_name__icontains=filters.q))
+    if filters.kind:
+        qs = qs.filter(kind=filters.kind)
+    if filters.state:
+        qs = qs.filter(provisioning_state=filters.state)
+    if filters.region:
+        qs = qs.filter(region=filters.region)
+    if filters.family:
+        qs = qs.filter(offering__family=filters.family)
+    if filters.workspace:
+        qs = qs.filter(workspace_id=filters.workspace)
+    if filters.team:
+        qs = qs.filter(workspace__team_id=filters.team)
+    return qs.order_by(*SORTS.get(filters.sort, SORTS["name"]))
+
+
+def endpoint_filter_choices(user: User) -> dict[str, list[tuple[str, str]]]:
+    """Options for the filter bar, from what the user can see (four small queries)."""
+    workspaces = visible_workspaces(user)
+    regions = workspaces.order_by("region").values_list("region", flat=True).distinct()
+    families = Offering.objects.order_by("family").values_list("family", flat=True).distinct()
+    teams = (
+        workspaces.exclude(team=None)
+        .order_by("team__name")
+        .values_list("team_id", "team__name")
+        .distinct()
+    )
+    return {
+        "regions": [(r, r) for r in regions],
+        "families": [(f, f) for f in families],
+        "workspaces": [
+            (str(pk), name) for pk, name in workspaces.order_by("name").values_list("pk", "name")
+        ],
+        "teams": [(str(pk), name) for pk, name in teams],
+    }
+
+
+def dashboard_counts(user: User) -> dict[str, int]:
+    endpoints = visible_endpoints(user).aggregate(
+        endpoints=Count("pk"),
+        serverless=Count("pk", filter=Q(kind=Endpoint.Kind.SERVERLESS)),
+        managed=Count("pk", filter=Q(kind=Endpoint.Kind.MANAGED)),
+        attention=Count("pk", filter=Q(provisioning_state__in=ATTENTION_STATES)),
+    )
+    workspaces = visible_workspaces(user).aggregate(
+        workspaces=Count("pk"), accounts=Count("account", distinct=True)
+    )
+    subscriptions = MarketplaceSubscription.objects.filter(
+        deleted_at__isnull=True, workspace__in=visible_workspaces(user)
+    ).count()
+    return {**endpoints, **workspaces, "subscriptions": subscriptions}
+
+
+def endpoints_needing_attention(user: User, limit: int = 10) -> QuerySet[Endpoint]:
+    return (
+        visible_endpoints(user)
+        .filter(provisioning_state__in=ATTENTION_STATES)
+        .select_related("workspace", "offering")
+        .order_by("-updated_at", "-pk")[:limit]
+    )

@@ -1,0 +1,49 @@
+"""Writes to the inventory that do not go through a provider."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+
+from opsportal.accounts.models import Team
+from opsportal.inventory.models import CloudAccount, Provider, Workspace
+
+OFFERINGS_FILE = Path(__file__).resolve().parent / "data" / "offerings.json"
+
+LOCAL_SUBSCRIPTION_ID = "local"
+LOCAL_REGION = "local"
+LOCAL_TEAM_NAME = "Local"
+
+
+def offerings_read(*, path: Path = OFFERINGS_FILE) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["offerings"]
+
+
+def offerings_load(*, offering_model: Any, path: Path = OFFERINGS_FILE) -> tuple[int, int]:
+    """Create or update catalog rows by slug. Takes the model class so migrations can use it."""
+    created = updated = 0
+    for row in offerings_read(path=path):
+        fields = {k: v for k, v in row.items() if k != "slug"}
+        _, was_created = offering_model.objects.update_or_create(slug=row["slug"], defaults=fields)
+        created += was_created
+        updated += not was_created
+    return created, updated
+
+
+@transaction.atomic
+def local_workspace_ensure() -> Workspace:
+    """The local runtime's account, team and workspace: there on every machine, made once."""
+    account, _ = CloudAccount.objects.get_or_create(
+        provider=Provider.LOCAL,
+        subscription_id=LOCAL_SUBSCRIPTION_ID,
+        defaults={"display_name": "This machine (local runtime)", "status": CloudAccount.Status.OK},
+    )
+    team, _ = Team.objects.get_or_create(name=LOCAL_TEAM_NAME, defaults={"slug": "local"})
+    workspace, _ = Workspace.objects.get_or_create(
+        account=account,
+        resource_group="local",
+        name="local",
+        defaults={"region": LOCAL_REGION, "provider": Provider.LOCAL, "team": team},
+    )
+    return workspace

@@ -1,0 +1,151 @@
+from django import forms
+from django.conf import settings
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils.cache import patch_vary_headers
+
+from opsportal.accounts.permissions import role_on
+from opsportal.inventory import selectors
+from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
+from opsportal.jobs.selectors import visible_jobs
+
+
+def partial_or_page(
+    request: HttpRequest, template: str, partial: str, context: dict
+) -> HttpResponse:
+    """htmx swaps get the named partial; plain loads and history restores get the page."""
+    wants_partial = request.htmx and not request.htmx.history_restore_request
+    response = render(request, f"{template}#{partial}" if wants_partial else template, context)
+    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
+    return response
+
+
+def accounts_list(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "inventory/accounts.html",
+        {"accounts": selectors.accounts_with_counts(request.user)},
+    )
+
+
+def workspaces_list(request: HttpRequest) -> HttpResponse:
+    page = Paginator(selectors.workspaces_with_counts(request.user), settings.OPSPORTAL_PAGE_SIZE)
+    return partial_or_page(
+        request,
+        "inventory/workspaces.html",
+        "results",
+        {"page": page.get_page(request.GET.get("page"))},
+    )
+
+
+def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    workspace = get_object_or_404(
+        selectors.visible_workspaces(request.user).select_related("account", "team"), pk=pk
+    )
+    return render(
+        request,
+        "inventory/workspace_detail.html",
+        {
+            "workspace": workspace,
+            "subscriptions": selectors.workspace_subscriptions(workspace),
+            "endpoints": selectors.workspace_endpoints(workspace),
+            "role": role_on(request.user, workspace.team_id),
+        },
+    )
+
+
+class EndpointFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=100, label="Search")
+    kind = forms.ChoiceField(required=False, choices=[("", "Any kind"), *Endpoint.Kind.choices])
+    state = forms.ChoiceField(
+        required=False, choices=[("", "Any state"), *ProvisioningState.choices]
+    )
+    region = forms.ChoiceField(required=False)
+    family = forms.ChoiceField(required=False)
+    workspace = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    team = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    sort = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("name", "Name A to Z"),
+            ("-name", "Name Z to A"),
+            ("state", "State"),
+            ("region", "Region"),
+            ("newest", "Newest"),
+        ],
+    )
+
+    def __init__(self, *args, choices: dict[str, list[tuple[str, str]]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["region"].choices = [("", "Any region"), *choices["regions"]]
+        self.fields["family"].choices = [("", "Any family"), *choices["families"]]
+        self.fields["workspace"].choices = [("", "Any workspace"), *choices["workspaces"]]
+        self.fields["team"].choices = [("", "Any team"), *choices["teams"]]
+
+    def filters(self) -> selectors.EndpointFilters:
+        # An invalid field drops out of cleaned_data (and shows its error); the rest still apply.
+        self.is_valid()
+        return selectors.EndpointFilters(
+            **{k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+        )
+
+
+def endpoints_list(request: HttpRequest) -> HttpResponse:
+    form = EndpointFilterForm(
+        request.GET or None, choices=selectors.endpoint_filter_choices(request.user)
+    )
+    filters = form.filters() if form.is_bound else selectors.EndpointFilters()
+    paginator = Paginator(
+        selectors.endpoints_filtered(request.user, filters), settings.OPSPORTAL_PAGE_SIZE
+    )
+    page = paginator.get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return partial_or_page(
+        request,
+        "inventory/endpoints.html",
+        "results",
+        {"form": form, "page": page, "query": query.urlencode()},
+    )
+
+
+ENDPOINT_TABS = [
+    ("overview", "Overview"),
+    ("keys", "Keys"),
+    ("jobs", "Jobs"),
+    ("usage", "Usage & cost"),
+    ("chat", "Test chat"),
+]
+
+
+def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    endpoint = get_object_or_404(
+        selectors.visible_endpoints(request.user).select_related(
+            "workspace", "workspace__account", "workspace__team", "offering"
+        ),
+        pk=pk,
+    )
+    tab = request.GET.get("tab", "overview")
+    if tab not in dict(ENDPOINT_TABS):
+        tab = "overview"
+    context = {
+        "endpoint": endpoint,
+        "tab": tab,
+        "tabs": ENDPOINT_TABS,
+        "role": role_on(request.user, endpoint.workspace.team_id),
+    }
+    if tab == "overview":
+        context["deployments"] = endpoint.deployments.filter(deleted_at__isnull=True)
+    elif tab == "jobs":
+        context["jobs"] = visible_jobs(request.user).filter(endpoint=endpoint)[:50]
+    return partial_or_page(request, "inventory/endpoint_detail.html", "tab", context)
+
+
+def offerings_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "inventory/offerings.html", {"offerings": Offering.objects.all()})
+
+
+def offering_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    offering = get_object_or_404(Offering, slug=slug)
+    return render(request, "inventory/offering_detail.html", {"offering": offering})

@@ -1,0 +1,43 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from opsportal.accounts import views as accounts
+from opsportal.core import views as core
+from opsportal.inventory import views as inventory
+from opsportal.jobs import views as jobs
+
+urlpatterns = [
+    path("", core.dashboard, name="dashboard"),
+    path("healthz", core.healthz, name="healthz"),
+    path("readyz", core.readyz, name="readyz"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="accounts/login.html"),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/", inventory.accounts_list, name="accounts"),
+    path("workspaces/", inventory.workspaces_list, name="workspaces"),
+    path("workspaces/<int:pk>/", inventory.workspace_detail, name="workspace_detail"),
+    path("endpoints/", inventory.endpoints_list, name="endpoints"),
+    path("endpoints/<int:pk>/", inventory.endpoint_detail, name="endpoint_detail"),
+    path("offerings/", inventory.offerings_list, name="offerings"),
+    path("offerings/<slug:slug>/", inventory.offering_detail, name="offering_detail"),
+    path("teams/", accounts.teams_list, name="teams"),
+    path("teams/<slug:slug>/", accounts.team_detail, name="team_detail"),
+    path("teams/<slug:slug>/members/", accounts.member_add, name="member_add"),
+    path(
+        "teams/<slug:slug>/members/<int:member_id>/",
+        accounts.member_update,
+        name="member_update",
+    ),
+    path(
+        "teams/<slug:slug>/members/<int:member_id>/remove/",
+        accounts.member_remove,
+        name="member_remove",
+    ),
+    path("jobs/", jobs.jobs_list, name="jobs"),
+    path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
+    path("admin/", admin.site.urls),
+]
