@@ -30,7 +30,16 @@ class World:
 
 
 @pytest.fixture
-def world(db) -> World:
+def catalog(db) -> None:
+    """The catalog comes from a data migration; a transactional test's flush removes it."""
+    from opsportal.inventory.models import Offering
+    from opsportal.inventory.services import offerings_load
+
+    offerings_load(offering_model=Offering)
+
+
+@pytest.fixture
+def world(catalog) -> World:
     team_a, team_b = TeamFactory(name="Alpha", slug="alpha"), TeamFactory(name="Beta", slug="beta")
     ws_a = WorkspaceFactory(team=team_a, name="ws-alpha")
     ws_b = WorkspaceFactory(team=team_b, name="ws-beta")

@@ -16,11 +16,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-PG_URL = os.environ.get("OPSPORTAL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opsportal")
+PG_URL = os.environ.get(
+    "OPSPORTAL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opsportal"
+)
 REDIS_URL = os.environ.get("OPSPORTAL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-SERVICE_VARS = {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "OPSPORTAL_PRODUCTION",
-                "DEBUG", "SECRET_KEY"}
+SERVICE_VARS = {
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "OPSPORTAL_PRODUCTION",
+    "DEBUG",
+    "SECRET_KEY",
+}
 
 
 def banner(text: str) -> None:
@@ -52,8 +60,12 @@ def ensure_chromium() -> None:
 def pytest(args: list[str], env: dict[str, str]) -> tuple[int, int, int]:
     """Run pytest; return (exit code, passed, failed+errors) parsed from its summary."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "pytest", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     summary = ""
     assert proc.stdout is not None
@@ -87,7 +99,9 @@ def main() -> int:
     pg_ok, redis_ok = reachable("127.0.0.1", 5432), reachable("127.0.0.1", 6379)
     if pg_ok and redis_ok:
         with tempfile.TemporaryDirectory(prefix="opsportal-test-") as var:
-            banner(f"Phase 2: production-path tests on PostgreSQL ({PG_URL}) and Redis ({REDIS_URL})")
+            banner(
+                f"Phase 2: production-path tests on PostgreSQL ({PG_URL}) and Redis ({REDIS_URL})"
+            )
             env = {
                 **base_env,
                 "OPSPORTAL_VAR_DIR": var,
@@ -100,7 +114,9 @@ def main() -> int:
             total_passed += passed
             total_failed += failed
     else:
-        missing = [name for name, ok in [("PostgreSQL :5432", pg_ok), ("Redis :6379", redis_ok)] if not ok]
+        missing = [
+            name for name, ok in [("PostgreSQL :5432", pg_ok), ("Redis :6379", redis_ok)] if not ok
+        ]
         banner(
             "!!! PRODUCTION-PATH TESTS NOT RUN: cannot reach " + " and ".join(missing) + " !!!\n"
             "Start them (see README, 'Production') and run `make test` again."

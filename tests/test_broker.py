@@ -23,10 +23,25 @@ ROOT = Path(__file__).resolve().parent.parent
 def worker():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "opsportal.settings"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "opsportal", "worker", "--pool", "solo",
-         "-l", "warning", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
-         "--without-gossip"],
-        cwd=ROOT, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "opsportal",
+            "worker",
+            "--pool",
+            "solo",
+            "-l",
+            "warning",
+            "-n",
+            f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
     )
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
@@ -38,7 +53,9 @@ def worker():
 
 def test_it_round_trips_a_task_through_the_broker(worker):
     payload = uuid.uuid4().hex
-    results = [app.send_task("opsportal.core.tasks.ping", args=[f"{payload}-{i}"]) for i in range(5)]
+    results = [
+        app.send_task("opsportal.core.tasks.ping", args=[f"{payload}-{i}"]) for i in range(5)
+    ]
     answers = [r.get(timeout=90) for r in results]
     assert [a["echo"] for a in answers] == [f"{payload}-{i}" for i in range(5)]
     # Answered by the worker process, not run eagerly in this one.

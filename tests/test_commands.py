@@ -51,7 +51,10 @@ def test_it_seeds_demo_data_apart_and_removes_only_it(db):
     assert demo.count() == 3
     assert Endpoint.objects.filter(workspace__account__is_demo=True).count() == 120
     assert Team.objects.filter(is_demo=True).count() == 4
-    assert all(n.startswith("demo-") for n in Endpoint.objects.exclude(pk=real.pk).values_list("name", flat=True))
+    assert all(
+        n.startswith("demo-")
+        for n in Endpoint.objects.exclude(pk=real.pk).values_list("name", flat=True)
+    )
     with pytest.raises(CommandError, match="exists already"):
         call_command("seed_demo_inventory", subscriptions=1, workspaces=1, endpoints=1)
     call_command("seed_demo_inventory", delete=True)

@@ -35,7 +35,9 @@ def test_it_reports_an_unreachable_broker_as_not_ready(db, settings):
 
 def test_it_reports_missing_migrations(tmp_path):
     # A real database with nothing migrated, checked by a separate process.
-    code = "from opsportal.core.health import readiness; import json; print(json.dumps(readiness()))"
+    code = (
+        "from opsportal.core.health import readiness; import json; print(json.dumps(readiness()))"
+    )
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
@@ -45,7 +47,11 @@ def test_it_reports_missing_migrations(tmp_path):
     }
     out = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
-        env=env, capture_output=True, text=True, check=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     checks = json.loads(out.stdout.strip().splitlines()[-1])
     assert checks["migrations"]["ok"] is False

@@ -7,14 +7,29 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_ENV = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG", "DATABASE_URL",
-            "OPSPORTAL_PRODUCTION", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}}
+BASE_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if k
+    not in {
+        "SECRET_KEY",
+        "DEBUG",
+        "DATABASE_URL",
+        "OPSPORTAL_PRODUCTION",
+        "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
+    }
+}
 
 
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=ROOT, env={**BASE_ENV, **env}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**BASE_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

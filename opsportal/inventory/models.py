@@ -283,7 +283,10 @@ class Endpoint(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["provisioning_state"]),
+            # One index per sort order of the endpoints list, and the common filter + sort pairs.
+            models.Index(fields=["name"]),
+            models.Index(fields=["-created_at"]),
+            models.Index(fields=["provisioning_state", "name"]),
             models.Index(fields=["kind", "name"]),
             models.Index(fields=["region", "name"]),
             models.Index(fields=["workspace", "name"]),

@@ -77,11 +77,31 @@ class EndpointFilterForm(forms.Form):
     )
 
     def __init__(self, *args, choices: dict[str, list[tuple[str, str]]], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, label_suffix="", **kwargs)
         self.fields["region"].choices = [("", "Any region"), *choices["regions"]]
         self.fields["family"].choices = [("", "Any family"), *choices["families"]]
         self.fields["workspace"].choices = [("", "Any workspace"), *choices["workspaces"]]
         self.fields["team"].choices = [("", "Any team"), *choices["teams"]]
+
+    def selects(self) -> list[dict[str, object]]:
+        """The select fields as plain data: Django's per-option widget templates are too slow
+        for a 500-workspace list, so the template writes the options itself."""
+        cleaned = getattr(self, "cleaned_data", {})
+        selects = []
+        for name, field in self.fields.items():
+            if name == "q":
+                continue
+            value = "" if cleaned.get(name) in (None, "") else str(cleaned[name])
+            selects.append(
+                {
+                    "name": name,
+                    "id": f"id_{name}",
+                    "label": field.label or name.capitalize(),
+                    "options": [(str(v), text, str(v) == value) for v, text in field.choices],
+                    "errors": self.errors.get(name, []) if self.is_bound else [],
+                }
+            )
+        return selects
 
     def filters(self) -> selectors.EndpointFilters:
         # An invalid field drops out of cleaned_data (and shows its error); the rest still apply.
@@ -106,7 +126,7 @@ def endpoints_list(request: HttpRequest) -> HttpResponse:
         request,
         "inventory/endpoints.html",
         "results",
-        {"form": form, "page": page, "query": query.urlencode()},
+        {"form": form, "selects": form.selects(), "page": page, "query": query.urlencode()},
     )
 
 

@@ -8,7 +8,7 @@ import random
 import uuid
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from opsportal.accounts.models import Team
@@ -81,6 +81,12 @@ class Command(BaseCommand):
             raise CommandError("The catalog is empty: run `manage.py migrate` first.")
         with transaction.atomic():
             created = self._seed(random.Random(opts["seed"]), subs, wss, eps, teams, offerings)
+        # Fresh bulk rows have no planner statistics yet; without them PostgreSQL picks
+        # plans fit for empty tables until autovacuum catches up. (SQLite keeps no
+        # statistics unless asked, and plans these pages better without them.)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
         summary = ", ".join(f"{count} {what}" for what, count in created.items())
         self.stdout.write(self.style.SUCCESS(f"Demo data created: {summary}."))
 
