@@ -18,6 +18,7 @@ BASE_ENV = {
         "OPSPORTAL_PRODUCTION",
         "CELERY_BROKER_URL",
         "CELERY_RESULT_BACKEND",
+        "DJANGO_ALLOW_ASYNC_UNSAFE",
     }
 }
 
