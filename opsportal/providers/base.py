@@ -1,0 +1,50 @@
+from collections.abc import Callable
+from typing import Any
+
+
+class ProviderError(Exception):
+    """One error type for every back end.
+
+    `message` is written for a person (what failed, what to do); it never contains a key or a
+    token. `retryable` says whether trying again later can help (throttling, 5xx, timeouts);
+    `retry_after` is the wait the service asked for, in seconds, when it asked.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        code: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.code = code
+
+
+_FACTORIES: dict[str, Callable[[Any], Any]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register a factory that builds the back end for a workspace of provider `name`."""
+
+    def decorate(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def for_workspace(workspace: Any) -> Any:
+    try:
+        factory = _FACTORIES[workspace.provider]
+    except KeyError:
+        raise ProviderError(
+            f"No back end is available for {workspace.get_provider_display()} workspaces "
+            "in this version of the console.",
+            code="ProviderUnavailable",
+        ) from None
+    return factory(workspace)
