@@ -1,7 +1,7 @@
 from django import forms
 from django.conf import settings
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
 
@@ -68,7 +68,7 @@ class EndpointFilterForm(forms.Form):
     sort = forms.ChoiceField(
         required=False,
         choices=[
-            ("name", "Name A to Z"),
+            ("", "Name A to Z"),
             ("-name", "Name Z to A"),
             ("state", "State"),
             ("region", "Region"),
@@ -120,8 +120,11 @@ def endpoints_list(request: HttpRequest) -> HttpResponse:
         selectors.endpoints_filtered(request.user, filters), settings.OPSPORTAL_PAGE_SIZE
     )
     page = paginator.get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
+    # Pagination links carry the filters that are set, nothing else.
+    query = QueryDict(mutable=True)
+    for key, value in request.GET.items():
+        if value and key != "page":
+            query[key] = value
     return partial_or_page(
         request,
         "inventory/endpoints.html",
