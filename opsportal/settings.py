@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "opsportal.accounts",
     "opsportal.inventory",
     "opsportal.jobs",
+    "opsportal.runtime",
 ]
 
 MIDDLEWARE = [
@@ -216,3 +217,9 @@ LOGGING = {
 OPSPORTAL_ADMIN_EMAIL = os.environ.get("OPSPORTAL_ADMIN_EMAIL", "").strip()
 OPSPORTAL_ADMIN_PASSWORD = os.environ.get("OPSPORTAL_ADMIN_PASSWORD", "")
 OPSPORTAL_PAGE_SIZE = int(os.environ.get("OPSPORTAL_PAGE_SIZE", "50"))
+# The local runtime's gateway: where it listens, and the base of the scoring URIs it hands out.
+OPSPORTAL_RUNTIME_HOST = os.environ.get("OPSPORTAL_RUNTIME_HOST", "127.0.0.1")
+OPSPORTAL_RUNTIME_PORT = int(os.environ.get("OPSPORTAL_RUNTIME_PORT", "8001"))
+OPSPORTAL_RUNTIME_URL = os.environ.get(
+    "OPSPORTAL_RUNTIME_URL", f"http://{OPSPORTAL_RUNTIME_HOST}:{OPSPORTAL_RUNTIME_PORT}"
+)

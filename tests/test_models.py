@@ -86,7 +86,7 @@ def test_it_loads_the_catalog_from_the_data_file(db):
     from opsportal.inventory.models import Offering
     from opsportal.inventory.services import offerings_read
 
-    assert Offering.objects.count() == len(offerings_read()) == 13
+    assert Offering.objects.count() == len(offerings_read()) == 14
     llama = offering("meta-llama-3-70b-instruct")
     assert llama.serverless_regions == ["eastus2", "swedencentral"]
     assert (llama.default_max_tokens, llama.default_ignore_eos) == (16, True)
@@ -98,3 +98,17 @@ def test_it_loads_the_catalog_from_the_data_file(db):
     assert offering("mistral-nemo").managed_compute is None
     assert offering("mixtral-8x7b-v01").serverless is False
     assert large.serverless_allowed_in("eastus") and not llama.serverless_allowed_in("eastus")
+
+
+def test_it_ships_the_bundled_local_model_in_the_catalog(db):
+    from opsportal.runtime.engine import resolve_model_path
+
+    smol = offering("smollm2-135m-instruct")
+    assert (smol.provider_scope, smol.api_family, smol.serverless_regions) == (
+        "local",
+        "llama",
+        ["local"],
+    )
+    path = resolve_model_path(smol.local_model_path)
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.stat().st_size > 90_000_000

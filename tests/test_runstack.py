@@ -42,7 +42,17 @@ def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
     )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runstack", "--port", str(port), "--concurrency", "1"],
+        [
+            sys.executable,
+            "manage.py",
+            "runstack",
+            "--port",
+            str(port),
+            "--concurrency",
+            "1",
+            "--runtime-port",
+            str(free_port()),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -59,7 +69,7 @@ def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
                 time.sleep(0.5)
         assert b'"status": "ok"' in body
         pids = children_of(proc.pid)
-        assert len(pids) == 3
+        assert len(pids) == 4  # web, worker, beat, local runtime
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=40)
     finally:

@@ -154,6 +154,12 @@ class Offering(models.Model):
     currency = models.CharField(max_length=3, default="USD")
     terms_url = models.URLField(max_length=500, blank=True)
     is_preview = models.BooleanField(default=True, help_text="Preview: no SLA.")
+    local_model_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Local offerings: a GGUF file path, or pkg:<distribution>:<file> for a model "
+        "shipped inside a Python package.",
+    )
     provider_scope = models.CharField(
         max_length=10,
         choices=Provider.choices,

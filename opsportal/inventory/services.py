@@ -23,8 +23,10 @@ def offerings_read(*, path: Path = OFFERINGS_FILE) -> list[dict[str, Any]]:
 def offerings_load(*, offering_model: Any, path: Path = OFFERINGS_FILE) -> tuple[int, int]:
     """Create or update catalog rows by slug. Takes the model class so migrations can use it."""
     created = updated = 0
+    # A migration's historical model may predate some columns of the data file.
+    known = {f.name for f in offering_model._meta.get_fields()}
     for row in offerings_read(path=path):
-        fields = {k: v for k, v in row.items() if k != "slug"}
+        fields = {k: v for k, v in row.items() if k != "slug" and k in known}
         _, was_created = offering_model.objects.update_or_create(slug=row["slug"], defaults=fields)
         created += was_created
         updated += not was_created

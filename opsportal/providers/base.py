@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -48,3 +49,53 @@ def for_workspace(workspace: Any) -> Any:
             code="ProviderUnavailable",
         ) from None
     return factory(workspace)
+
+
+# --- what providers take and return ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    name: str
+    instance_type: str
+    instance_count: int
+    traffic_percent: int
+    state: str
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    name: str
+    kind: str  # serverless | managed
+    provisioning_state: str  # Creating | Updating | Succeeded | Failed | Deleting | Canceled
+    scoring_uri: str
+    offering_slug: str
+    status_message: str = ""
+    deployments: tuple[DeploymentInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class EndpointKeys:
+    # Never shown by repr: these objects may end up in tracebacks and logs.
+    primary: str = field(repr=False)
+    secondary: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CoreUsage:
+    region: str
+    family: str
+    used: int
+    limit: int
+
+    @property
+    def headroom(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    cores: int
+    memory_gb: float
+    family: str

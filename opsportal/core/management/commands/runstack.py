@@ -1,4 +1,9 @@
-"""Run the whole embedded stack in the foreground: web, worker, beat. Ctrl-C stops them all."""
+"""Run the whole embedded stack in the foreground: web, worker, beat and the local runtime.
+
+Ctrl-C stops them all. The runtime holds native inference code: if it dies it is started
+again (after a pause that grows while it keeps dying); if any other process dies, everything
+stops, so a broken install never looks half alive.
+"""
 
 import os
 import signal
@@ -9,9 +14,11 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+RESTARTED = {"runtime"}
+
 
 class Command(BaseCommand):
-    help = "Start the ASGI web server, one Celery worker and beat; stop them all on Ctrl-C."
+    help = "Start the web server, a Celery worker, beat and the local runtime; Ctrl-C stops all."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("OPSPORTAL_HOST", "127.0.0.1"))
@@ -19,11 +26,19 @@ class Command(BaseCommand):
             "--port", type=int, default=int(os.environ.get("OPSPORTAL_PORT", "8000"))
         )
         parser.add_argument("--concurrency", type=int, default=2, help="Worker processes.")
+        parser.add_argument("--runtime-port", type=int, default=settings.OPSPORTAL_RUNTIME_PORT)
 
     def handle(
-        self, *args: object, host: str, port: int, concurrency: int, **options: object
+        self,
+        *args: object,
+        host: str,
+        port: int,
+        concurrency: int,
+        runtime_port: int,
+        **options: object,
     ) -> None:
         py = sys.executable
+        celery = [py, "-m", "celery", "-A", "opsportal"]
         commands = {
             "web": [
                 py,
@@ -37,11 +52,7 @@ class Command(BaseCommand):
                 "--no-access-log",
             ],
             "worker": [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "opsportal",
+                *celery,
                 "worker",
                 "-l",
                 "info",
@@ -50,20 +61,11 @@ class Command(BaseCommand):
                 "-n",
                 "worker@%h",
             ],
-            "beat": [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "opsportal",
-                "beat",
-                "-l",
-                "info",
-                "-s",
-                settings.CELERY_BEAT_SCHEDULE_FILENAME,
-            ],
+            "beat": [*celery, "beat", "-l", "info", "-s", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+            "runtime": [py, "manage.py", "runtime", "--port", str(runtime_port)],
         }
         children: dict[str, subprocess.Popen[bytes]] = {}
+        restarts: dict[str, tuple[int, float]] = {}  # name -> (crashes in a row, restart at)
         stopping = False
 
         def stop(signum: int, frame: object) -> None:
@@ -76,20 +78,33 @@ class Command(BaseCommand):
             children[name] = subprocess.Popen(command, start_new_session=True)
         self.stdout.write(
             self.style.SUCCESS(
-                f"opsportal is running at http://{host}:{port}/ (web, worker, beat). "
-                "Ctrl-C stops it."
+                f"opsportal is running at http://{host}:{port}/ (web, worker, beat; local runtime "
+                f"gateway on port {runtime_port}). Ctrl-C stops it."
             )
         )
         exit_code = 0
         while not stopping:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    self.stderr.write(
-                        f"{name} exited with code {child.returncode}; stopping the rest."
-                    )
-                    exit_code = child.returncode or 1
-                    stopping = True
-                    break
+            now = time.monotonic()
+            for name, child in list(children.items()):
+                if child.poll() is None:
+                    continue
+                if name in RESTARTED:
+                    crashes, at = restarts.get(name, (0, 0.0))
+                    if at == 0.0:
+                        pause = min(30.0, 2.0**crashes)
+                        self.stderr.write(
+                            f"{name} exited with code {child.returncode}; "
+                            f"starting it again in {pause:.0f} s."
+                        )
+                        restarts[name] = (crashes + 1, now + pause)
+                    elif now >= at:
+                        children[name] = subprocess.Popen(commands[name], start_new_session=True)
+                        restarts[name] = (crashes, 0.0)
+                    continue
+                self.stderr.write(f"{name} exited with code {child.returncode}; stopping the rest.")
+                exit_code = child.returncode or 1
+                stopping = True
+                break
             time.sleep(0.5)
         self._stop_all(children)
         if exit_code:

@@ -1,0 +1,301 @@
+"""The local runtime as a provider: the same operations as Azure, on this machine.
+
+The runtime's desired state is the database itself: creating an endpoint writes its row in
+state Creating with two fresh keys; the runtime process (opsportal.runtime.control) loads the
+model and moves it to Succeeded, exactly as a caller would wait on ARM.
+"""
+
+import re
+import secrets
+
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from opsportal.core.crypto import decrypt, digest, encrypt
+from opsportal.inventory.models import (
+    Endpoint,
+    ManagedDeployment,
+    MarketplaceSubscription,
+    Offering,
+    Provider,
+    ProvisioningState,
+    Workspace,
+)
+from opsportal.providers.base import (
+    CoreUsage,
+    DeploymentInfo,
+    EndpointInfo,
+    EndpointKeys,
+    InstanceType,
+    ProviderError,
+    register,
+)
+from opsportal.runtime.control import INSTANCE_TYPES, machine_cores, scoring_uri
+from opsportal.runtime.models import KeySlot, LocalKey
+
+# Azure's rule for endpoint names: letters, digits and hyphens, 3-32, starting with a letter.
+NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+CORE_FAMILY = "local"
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _deployment_info(dep: ManagedDeployment) -> DeploymentInfo:
+    return DeploymentInfo(
+        name=dep.name,
+        instance_type=dep.vm_sku,
+        instance_count=dep.instance_count,
+        traffic_percent=dep.traffic_percent,
+        state=dep.state,
+    )
+
+
+def _info(ep: Endpoint) -> EndpointInfo:
+    deployments = tuple(_deployment_info(d) for d in ep.deployments.all() if d.deleted_at is None)
+    return EndpointInfo(
+        name=ep.name,
+        kind=ep.kind,
+        provisioning_state=ep.provisioning_state,
+        scoring_uri=ep.scoring_uri,
+        offering_slug=ep.offering.slug if ep.offering else "",
+        status_message=ep.status_message,
+        deployments=deployments,
+    )
+
+
+@register(Provider.LOCAL)
+class LocalProvider:
+    def __init__(self, workspace: Workspace) -> None:
+        if workspace.provider != Provider.LOCAL:
+            raise ProviderError(f"{workspace.name} is not a local workspace.")
+        self.workspace = workspace
+
+    # --- reading ---------------------------------------------------------------------------
+    def _endpoints(self):  # type: ignore[no-untyped-def]
+        return (
+            Endpoint.objects.filter(workspace=self.workspace, deleted_at__isnull=True)
+            .select_related("offering")
+            .prefetch_related("deployments")
+        )
+
+    def _endpoint(self, name: str) -> Endpoint:
+        ep = self._endpoints().filter(name=name).first()
+        if ep is None:
+            raise ProviderError(
+                f"No endpoint named {name!r} in {self.workspace.name}.", code="NotFound"
+            )
+        return ep
+
+    def endpoints_list(self) -> list[EndpointInfo]:
+        return [_info(ep) for ep in self._endpoints().order_by("name")]
+
+    def endpoint_get(self, name: str) -> EndpointInfo:
+        return _info(self._endpoint(name))
+
+    def _offering(self, slug: str) -> Offering:
+        offering = Offering.objects.filter(slug=slug).first()
+        if offering is None:
+            raise ProviderError(f"No offering {slug!r} in the catalog.", code="NotFound")
+        if offering.provider_scope != Provider.LOCAL:
+            raise ProviderError(
+                f"{offering.display_name} runs only on Azure; the local runtime serves the "
+                "local offerings of the catalog.",
+                code="ModelNotAvailableLocally",
+            )
+        return offering
+
+    # --- the Marketplace analog: accepting the model's licence -----------------------------
+    def subscription_create(self, *, offering_slug: str) -> str:
+        offering = self._offering(offering_slug)
+        sub, _ = MarketplaceSubscription.objects.get_or_create(
+            workspace=self.workspace,
+            offering=offering,
+            deleted_at__isnull=True,
+            defaults={"name": offering.slug, "state": MarketplaceSubscription.State.SUCCEEDED},
+        )
+        return sub.state
+
+    def subscription_exists(self, *, offering_slug: str) -> bool:
+        return MarketplaceSubscription.objects.filter(
+            workspace=self.workspace,
+            offering__slug=offering_slug,
+            deleted_at__isnull=True,
+            state=MarketplaceSubscription.State.SUCCEEDED,
+        ).exists()
+
+    # --- endpoints -------------------------------------------------------------------------
+    def endpoint_create(
+        self, *, name: str, kind: str, offering_slug: str, content_safety: bool = True
+    ) -> EndpointInfo:
+        if not NAME_RE.match(name):
+            raise ProviderError(
+                f"{name!r} is not a valid endpoint name: 3 to 32 letters, digits or hyphens, "
+                "starting with a letter and not ending with a hyphen.",
+                code="InvalidName",
+            )
+        offering = self._offering(offering_slug)
+        if kind == Endpoint.Kind.SERVERLESS:
+            if not offering.serverless_allowed_in(self.workspace.region):
+                raise ProviderError(
+                    f"{offering.display_name} is not offered as serverless in this workspace.",
+                    code="ServerlessModelNotAvailableInRegion",
+                )
+            if not self.subscription_exists(offering_slug=offering_slug):
+                raise ProviderError(
+                    f"Accept the licence of {offering.display_name} for this workspace first "
+                    "(the Marketplace subscription step).",
+                    code="SubscriptionRequired",
+                )
+            content_safety = True
+        elif not offering.managed_compute:
+            raise ProviderError(
+                f"{offering.display_name} cannot run on managed compute.",
+                code="ManagedComputeNotSupported",
+            )
+        try:
+            with transaction.atomic():
+                ep = Endpoint.objects.create(
+                    workspace=self.workspace,
+                    kind=kind,
+                    name=name,
+                    offering=offering,
+                    region=self.workspace.region,
+                    scoring_uri=scoring_uri(name),
+                    provisioning_state=ProvisioningState.CREATING,
+                    content_safety=content_safety,
+                )
+                for slot in KeySlot:
+                    key = new_key()
+                    LocalKey.objects.create(
+                        endpoint=ep, slot=slot, encrypted=encrypt(key), digest=digest(key)
+                    )
+        except IntegrityError:
+            existing = self._endpoints().filter(offering=offering, kind=kind).first()
+            if kind == Endpoint.Kind.SERVERLESS and existing is not None:
+                raise ProviderError(
+                    f"{offering.display_name} already has a serverless endpoint in this "
+                    f"workspace ({existing.name}): one per model per workspace.",
+                    code="Conflict",
+                ) from None
+            raise ProviderError(f"The name {name!r} is taken.", code="Conflict") from None
+        return self.endpoint_get(name)
+
+    def endpoint_delete(self, *, name: str) -> None:
+        ep = self._endpoint(name)
+        with transaction.atomic():
+            # Keys go at once: nothing is served from the moment deletion is asked.
+            LocalKey.objects.filter(endpoint=ep).delete()
+            Endpoint.objects.filter(pk=ep.pk).update(
+                provisioning_state=ProvisioningState.DELETING, updated_at=timezone.now()
+            )
+
+    # --- managed deployments ---------------------------------------------------------------
+    def instance_types(self) -> list[InstanceType]:
+        return [
+            InstanceType(
+                name=name, cores=size["threads"], memory_gb=size["n_ctx"] / 4096, family=CORE_FAMILY
+            )
+            for name, size in INSTANCE_TYPES.items()
+        ]
+
+    def core_usage(self) -> list[CoreUsage]:
+        used = 0
+        for dep in (
+            ManagedDeployment.objects.filter(
+                endpoint__workspace__provider=Provider.LOCAL,
+                deleted_at__isnull=True,
+                endpoint__deleted_at__isnull=True,
+            )
+            .values("vm_sku")
+            .annotate(n=Sum("instance_count"))
+        ):
+            used += INSTANCE_TYPES.get(dep["vm_sku"], {"threads": 0})["threads"] * dep["n"]
+        return [
+            CoreUsage(
+                region=self.workspace.region, family=CORE_FAMILY, used=used, limit=machine_cores()
+            )
+        ]
+
+    def deployment_create(
+        self,
+        *,
+        endpoint_name: str,
+        name: str,
+        instance_type: str,
+        instance_count: int,
+        traffic_percent: int,
+    ) -> DeploymentInfo:
+        ep = self._endpoint(endpoint_name)
+        if ep.kind != Endpoint.Kind.MANAGED:
+            raise ProviderError("Deployments belong to managed endpoints only.", code="InvalidKind")
+        size = INSTANCE_TYPES.get(instance_type)
+        if size is None:
+            raise ProviderError(
+                f"Unknown local instance type {instance_type!r}; choose one "
+                f"of {', '.join(INSTANCE_TYPES)}.",
+                code="InvalidInstanceType",
+            )
+        if instance_count < 1:
+            raise ProviderError("instance_count must be at least 1.", code="InvalidCount")
+        if not 0 <= traffic_percent <= 100:
+            raise ProviderError("traffic must be between 0 and 100 %.", code="InvalidTraffic")
+        needed = size["threads"] * instance_count
+        usage = self.core_usage()[0]
+        if needed > usage.headroom:
+            raise ProviderError(
+                f"Not enough cores: this deployment needs {needed}, {usage.headroom} of "
+                f"{usage.limit} are free on this machine.",
+                code="QuotaExceeded",
+            )
+        others = ep.deployments.filter(deleted_at__isnull=True).aggregate(t=Sum("traffic_percent"))
+        if (others["t"] or 0) + traffic_percent > 100:
+            raise ProviderError(
+                "Traffic across an endpoint's deployments cannot exceed 100 %.",
+                code="InvalidTraffic",
+            )
+        try:
+            dep = ManagedDeployment.objects.create(
+                endpoint=ep,
+                name=name,
+                vm_sku=instance_type,
+                instance_count=instance_count,
+                traffic_percent=traffic_percent,
+                state=ProvisioningState.CREATING,
+            )
+        except IntegrityError:
+            raise ProviderError(f"A deployment named {name!r} exists.", code="Conflict") from None
+        Endpoint.objects.filter(pk=ep.pk).update(provisioning_state=ProvisioningState.UPDATING)
+        return _deployment_info(dep)
+
+    def deployment_delete(self, *, endpoint_name: str, name: str) -> None:
+        ep = self._endpoint(endpoint_name)
+        updated = ep.deployments.filter(name=name, deleted_at__isnull=True).update(
+            state=ProvisioningState.DELETING, traffic_percent=0
+        )
+        if not updated:
+            raise ProviderError(f"No deployment {name!r} under {endpoint_name}.", code="NotFound")
+
+    # --- keys ------------------------------------------------------------------------------
+    def keys_get(self, *, name: str) -> EndpointKeys:
+        ep = self._endpoint(name)
+        keys = {k.slot: decrypt(k.encrypted) for k in LocalKey.objects.filter(endpoint=ep)}
+        if set(keys) != {KeySlot.PRIMARY, KeySlot.SECONDARY}:
+            raise ProviderError(f"{name} has no keys.", code="NotFound")
+        return EndpointKeys(primary=keys[KeySlot.PRIMARY], secondary=keys[KeySlot.SECONDARY])
+
+    def key_regenerate(self, *, name: str, slot: str) -> EndpointKeys:
+        if slot not in KeySlot.values:
+            raise ProviderError(
+                "The key to regenerate is 'primary' or 'secondary'.", code="InvalidKeyType"
+            )
+        ep = self._endpoint(name)
+        key = new_key()
+        updated = LocalKey.objects.filter(endpoint=ep, slot=slot).update(
+            encrypted=encrypt(key), digest=digest(key), rotated_at=timezone.now()
+        )
+        if not updated:
+            raise ProviderError(f"{name} has no {slot} key.", code="NotFound")
+        return self.keys_get(name=name)

@@ -1,0 +1,520 @@
+"""The local endpoints' data plane: the same routes, rules and shapes as Azure serverless.
+
+    POST {scoring_uri}/v1/chat/completions   and  {scoring_uri}/chat/completions
+    POST {scoring_uri}/v1/completions        and  {scoring_uri}/completions   (llama family)
+    GET  {scoring_uri}/swagger.json          the endpoint's OpenAPI document
+
+Per request: find the endpoint, check the key (both slots valid; read from the database on every
+request, so a regenerated key is refused at once), validate, admit under the rate limits,
+queue fairly on a replica, stream. Usage is metered off the token path.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route as HttpRoute
+
+from opsportal.core.crypto import digest, same_digest
+from opsportal.inventory.models import Endpoint, ProvisioningState
+from opsportal.runtime import api
+from opsportal.runtime.control import Runtime
+from opsportal.runtime.engine import SAFE_PROMPT, EngineError, Finish, GenParams, Piece
+from opsportal.runtime.limits import RateWindow, retry_after_header
+from opsportal.runtime.metering import Meter
+from opsportal.runtime.openapi import openapi_document
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EndpointView:
+    """What one request needs from the database, read in one go."""
+
+    id: int
+    name: str
+    state: str
+    family: str
+    model: str
+    default_max_tokens: int
+    default_ignore_eos: bool
+    rpm: int
+    tpm: int
+    routes: list[str]
+    key_slots: dict[str, str]  # slot -> digest
+
+
+def _load_endpoint(name: str) -> EndpointView | None:
+    ep = (
+        Endpoint.objects.filter(name=name, workspace__provider="local", deleted_at__isnull=True)
+        .select_related("offering")
+        .prefetch_related("local_keys")
+        .first()
+    )
+    if ep is None or ep.offering is None:
+        return None
+    o = ep.offering
+    return EndpointView(
+        id=ep.pk,
+        name=ep.name,
+        state=ep.provisioning_state,
+        family=o.api_family,
+        model=o.model_name,
+        default_max_tokens=o.default_max_tokens,
+        default_ignore_eos=o.default_ignore_eos,
+        rpm=o.requests_per_minute,
+        tpm=o.tokens_per_minute,
+        routes=list(o.routes),
+        key_slots={k.slot: k.digest for k in ep.local_keys.all()},
+    )
+
+
+load_endpoint = sync_to_async(_load_endpoint, thread_sensitive=False)
+
+
+def error_response(err: api.ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+class Gateway:
+    def __init__(self, runtime: Runtime, meter: Meter) -> None:
+        self.runtime = runtime
+        self.meter = meter
+        self.windows: dict[int, RateWindow] = {}
+        self.queues: dict[tuple, asyncio.Lock] = {}
+        routes = [HttpRoute("/healthz", self.healthz, methods=["GET"])]
+        for path, mode in [
+            ("/v1/chat/completions", "chat"),
+            ("/chat/completions", "chat"),
+            ("/v1/completions", "completions"),
+            ("/completions", "completions"),
+        ]:
+            routes.append(
+                HttpRoute(
+                    f"/endpoints/{{name}}{path}",
+                    self._handler(path, mode),
+                    methods=["POST"],
+                    name=f"{mode}:{path}",
+                )
+            )
+        for doc in ("/swagger.json", "/openapi.json"):
+            routes.append(HttpRoute(f"/endpoints/{{name}}{doc}", self.openapi, methods=["GET"]))
+        self.app = Starlette(routes=routes)
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "engines": len(self.runtime.slots),
+                "endpoints": sorted(self.runtime.routes),
+            }
+        )
+
+    async def openapi(self, request: Request) -> JSONResponse:
+        view = await load_endpoint(request.path_params["name"])
+        if view is None:
+            return error_response(api.ApiError(404, "No such endpoint.", code="not_found"))
+        return JSONResponse(openapi_document(view))
+
+    def _handler(self, path: str, mode: str):  # type: ignore[no-untyped-def]
+        async def handle(request: Request) -> Response:
+            return await self.serve(request, path, mode)
+
+        return handle
+
+    # --- one request ---------------------------------------------------------------------------
+    async def serve(self, request: Request, path: str, mode: str) -> Response:
+        started = time.monotonic()
+        name = request.path_params["name"]
+        view = await load_endpoint(name)
+        if view is None:
+            return error_response(
+                api.ApiError(404, f"No endpoint named {name!r}.", code="not_found")
+            )
+        slot = self._authenticate(request, view)
+        meta = {"endpoint_id": view.id, "key_slot": slot or "", "route": path}
+        try:
+            if slot is None:
+                raise api.ApiError(
+                    401,
+                    "Missing or invalid key: send 'Authorization: Bearer "
+                    "<key>' with the endpoint's primary or secondary key.",
+                    code="unauthorized",
+                )
+            if path not in view.routes:
+                raise api.ApiError(
+                    404,
+                    f"The {view.family} API of this endpoint does not serve "
+                    f"{path}; it serves {', '.join(view.routes)}.",
+                    code="not_found",
+                )
+            if view.state != ProvisioningState.SUCCEEDED:
+                raise api.ApiError(
+                    503,
+                    f"The endpoint is {view.state}, not ready to serve.",
+                    code="not_ready",
+                    headers={"Retry-After": "5"},
+                )
+            req = api.parse(
+                await request.body(),
+                family=view.family,
+                mode=mode,
+                default_ignore_eos=view.default_ignore_eos,
+            )
+            route = self.runtime.routes.get(view.name)
+            picked = self.runtime.pick(route) if route else None
+            if picked is None:
+                raise api.ApiError(
+                    503,
+                    "No replica of this endpoint is loaded yet.",
+                    code="not_ready",
+                    headers={"Retry-After": "5"},
+                )
+            key, engine_slot = picked
+            prompt, params = self._prepare(req, view, engine_slot)
+            window = self.windows.setdefault(view.id, RateWindow())
+            wait = window.admit(rpm=view.rpm, tpm=view.tpm)
+            if wait is not None:
+                raise api.ApiError(
+                    429,
+                    f"Rate limit of this deployment reached ({view.rpm} requests/min, "
+                    f"{view.tpm} tokens/min). Retry after {retry_after_header(wait)} s.",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": retry_after_header(wait)},
+                )
+        except api.ApiError as err:
+            self._meter(meta, err.status, started)
+            return error_response(err)
+
+        job = _Generation(self, view, req, prompt, params, key, engine_slot, window, meta, started)
+        if req.stream:
+            return StreamingResponse(
+                job.stream(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            body = await job.complete()
+        except api.ApiError as err:
+            return error_response(err)
+        return JSONResponse(body)
+
+    def _authenticate(self, request: Request, view: EndpointView) -> str | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        presented_digest = digest(presented.strip())
+        for slot, stored in view.key_slots.items():
+            if same_digest(stored, presented_digest):
+                return slot
+        return None
+
+    def _prepare(
+        self, req: api.ChatRequest, view: EndpointView, slot: Any
+    ) -> tuple[list[int], GenParams]:
+        engine = slot.engine
+        if req.mode == "chat":
+            messages = req.messages
+            if req.safe_prompt:
+                messages = [{"role": "system", "content": SAFE_PROMPT}, *messages]
+            prompt = engine.chat_tokens(messages)
+        else:
+            prompt = engine.text_tokens(req.prompt)
+        room = engine.n_ctx - len(prompt)
+        if req.max_tokens is None:
+            max_tokens = min(view.default_max_tokens, room)
+            if max_tokens < 1:
+                raise api.ApiError(
+                    400,
+                    f"The prompt ({len(prompt)} tokens) fills the context length ({engine.n_ctx}).",
+                    param="messages" if req.mode == "chat" else "prompt",
+                )
+        else:
+            max_tokens = req.max_tokens
+            if len(prompt) + max_tokens > engine.n_ctx:
+                raise api.ApiError(
+                    400,
+                    f"The prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) is "
+                    f"more than the context length ({engine.n_ctx}).",
+                    param="max_tokens",
+                )
+        bad_ids = [i for i in req.stop_token_ids if i >= engine.n_vocab]
+        if bad_ids:
+            raise api.ApiError(
+                400,
+                f"'stop_token_ids' has ids outside the vocabulary "
+                f"(0..{engine.n_vocab - 1}): {bad_ids[:5]}.",
+                param="stop_token_ids",
+            )
+        params = GenParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            ignore_eos=req.ignore_eos,
+            stop=req.stop,
+            stop_token_ids=req.stop_token_ids,
+            presence_penalty=req.presence_penalty,
+            logprobs=req.logprobs,
+            score=req.best_of is not None and req.best_of > req.n,
+        )
+        return prompt, params
+
+    def _meter(
+        self,
+        meta: dict[str, Any],
+        status: int,
+        started: float,
+        *,
+        prompt: int = 0,
+        completion: int = 0,
+        ttft: float | None = None,
+        stream: bool = False,
+    ) -> None:
+        from django.utils import timezone
+
+        self.meter.record(
+            **meta,
+            status_code=status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            ttft_ms=None if ttft is None else (ttft - started) * 1000,
+            duration_ms=(time.monotonic() - started) * 1000,
+            stream=stream,
+            created_at=timezone.now(),
+        )
+
+    def queue_for(self, key: tuple) -> asyncio.Lock:
+        # asyncio.Lock wakes waiters in arrival order: concurrent requests queue fairly.
+        return self.queues.setdefault(key, asyncio.Lock())
+
+
+class _Generation:
+    """One admitted request: n (or best_of) completions on one replica, in order."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        view: EndpointView,
+        req: api.ChatRequest,
+        prompt: list[int],
+        params: GenParams,
+        key: tuple,
+        slot: Any,
+        window: RateWindow,
+        meta: dict[str, Any],
+        started: float,
+    ) -> None:
+        self.gw, self.view, self.req, self.prompt, self.params = gw, view, req, prompt, params
+        self.key, self.slot, self.window, self.meta, self.started = key, slot, window, meta, started
+        self.id = ("chatcmpl-" if req.mode == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.cancel = threading.Event()
+        self.first_token_at: float | None = None
+        self.completion_tokens = 0
+
+    @property
+    def runs(self) -> int:
+        return self.req.best_of if self.params.score and self.req.best_of else self.req.n
+
+    def _produce(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue) -> None:
+        """Worker thread: generate every run, pushing (index, event) onto the queue."""
+        try:
+            for index in range(self.runs):
+                for event in self.slot.engine.generate(self.prompt, self.params, self.cancel):
+                    loop.call_soon_threadsafe(out.put_nowait, (index, event))
+                if self.cancel.is_set():
+                    break
+        except Exception as exc:  # a crash inside llama.cpp's Python layer
+            self.gw.runtime.mark_broken(self.key, str(exc))
+            loop.call_soon_threadsafe(out.put_nowait, (-1, EngineError(str(exc))))
+        finally:
+            loop.call_soon_threadsafe(out.put_nowait, None)
+
+    async def events(self) -> AsyncIterator[tuple[int, Piece | Finish | EngineError]]:
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue = asyncio.Queue()
+        lock = self.gw.queue_for(self.key)
+        self.slot.waiting += 1
+        await lock.acquire()
+        # The lock is released when the worker thread ends, even if this request goes away.
+        future = loop.run_in_executor(None, self._produce, loop, out)
+        future.add_done_callback(lambda _: lock.release())
+        future.add_done_callback(lambda _: setattr(self.slot, "waiting", self.slot.waiting - 1))
+        try:
+            while (item := await out.get()) is not None:
+                if isinstance(item[1], Piece) and self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                if isinstance(item[1], Finish):
+                    self.completion_tokens += item[1].completion_tokens
+                yield item
+        finally:
+            self.cancel.set()
+
+    def _finish(self, status: int) -> None:
+        prompt_tokens = len(self.prompt)
+        self.window.add_tokens(prompt_tokens + self.completion_tokens)
+        self.gw._meter(
+            self.meta,
+            status,
+            self.started,
+            prompt=prompt_tokens,
+            completion=self.completion_tokens,
+            ttft=self.first_token_at,
+            stream=self.req.stream,
+        )
+
+    def usage(self) -> dict[str, int]:
+        prompt = len(self.prompt)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
+        }
+
+    def _logprobs(self, pieces: list[Piece]) -> dict[str, list] | None:
+        if self.req.logprobs is None:
+            return None
+        return {
+            "text_offsets": [o for p in pieces for o in p.text_offsets],
+            "token_logprobs": [v for p in pieces for v in p.token_logprobs],
+            "tokens": [t for p in pieces for t in p.tokens],
+            "top_logprobs": [t for p in pieces for t in p.top_logprobs],
+        }
+
+    def _choice(self, index: int, text: str, reason: str | None, logprobs: Any) -> dict[str, Any]:
+        if self.req.mode == "chat":
+            return {
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": reason,
+                "logprobs": logprobs,
+            }
+        return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
+
+    async def complete(self) -> dict[str, Any]:
+        texts: dict[int, list[Piece]] = {}
+        finishes: dict[int, Finish] = {}
+        async for index, event in self.events():
+            if isinstance(event, EngineError):
+                self._finish(500)
+                raise api.ApiError(
+                    500,
+                    "The model failed while generating; the runtime will reload it. Try again.",
+                    code="engine_error",
+                )
+            if isinstance(event, Piece):
+                texts.setdefault(index, []).append(event)
+            else:
+                finishes[index] = event
+        order = sorted(finishes)
+        if self.params.score:
+            # best_of: keep the n completions with the highest mean log-prob per token.
+            def mean(i: int) -> float:
+                return finishes[i].sum_logprob / max(1, finishes[i].completion_tokens)
+
+            order = sorted(order, key=mean, reverse=True)[: self.req.n]
+        choices = []
+        for new_index, i in enumerate(order):
+            pieces = texts.get(i, [])
+            choices.append(
+                self._choice(
+                    new_index,
+                    "".join(p.text for p in pieces),
+                    finishes[i].reason,
+                    self._logprobs(pieces),
+                )
+            )
+        self._finish(200)
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.req.mode == "chat" else "text_completion",
+            "created": self.created,
+            "model": self.view.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }
+
+    def _chunk(
+        self,
+        index: int,
+        *,
+        text: str | None = None,
+        reason: str | None = None,
+        logprobs: Any = None,
+        first: bool = False,
+    ) -> dict[str, Any]:
+        if self.req.mode == "chat":
+            delta: dict[str, str] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {
+                "index": index,
+                "text": text or "",
+                "finish_reason": reason,
+                "logprobs": logprobs,
+            }
+            kind = "text_completion"
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.view.model,
+            "choices": [choice],
+        }
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        started_choices: set[int] = set()
+        status, done = 200, False
+        try:
+            async for index, event in self.events():
+                if isinstance(event, EngineError):
+                    status = 500
+                    err = {
+                        "error": {
+                            "message": "The model failed while generating.",
+                            "type": "engine_error",
+                            "param": None,
+                            "code": "engine_error",
+                        }
+                    }
+                    yield _sse(err)
+                    break
+                first = index not in started_choices
+                started_choices.add(index)
+                if isinstance(event, Piece):
+                    yield _sse(
+                        self._chunk(
+                            index, text=event.text, first=first, logprobs=self._logprobs([event])
+                        )
+                    )
+                elif event.reason != "cancelled":
+                    chunk = self._chunk(index, reason=event.reason, first=first)
+                    if index == self.runs - 1:
+                        chunk["usage"] = self.usage()
+                    yield _sse(chunk)
+            if status == 200:
+                yield b"data: [DONE]\n\n"
+                done = True
+        finally:
+            # 499: the client went away before the end (the generation was stopped).
+            self._finish(status if done or status != 200 else 499)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
