@@ -103,7 +103,10 @@ class Engine:
         self.lock = threading.Lock()
         vocab = self.llm._model.vocab
         self.n_vocab = self.llm.n_vocab()
-        self.eog_ids = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        self.eog_ids = np.array(
+            [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)],
+            dtype=np.intc,
+        )
         self._formatter = self._chat_formatter()
 
     def _chat_formatter(self):  # type: ignore[no-untyped-def]
@@ -153,7 +156,7 @@ class Engine:
         processors = LogitsProcessorList([processor]) if want_scores or params.ignore_eos else None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stop_ids = set(params.stop_token_ids)
-        eog = set(self.eog_ids)
+        eog = set(self.eog_ids.tolist())
         longest_stop = max((len(s) for s in params.stop), default=0)
         emitted = ""  # text already released
         held = ""  # text that might be the start of a stop string
@@ -226,7 +229,7 @@ class Engine:
                 reason, cut_by_stop_string = "stop", True
                 break
             # Release everything except a tail that could still grow into a stop string.
-            keep = _stop_prefix_len(held, params.stop, longest_stop)
+            keep = _stop_prefix_len(held, params.stop, longest_stop) if params.stop else 0
             if len(held) - keep > 0:
                 ready = held[: len(held) - keep]
                 n_tokens = _tokens_covering(pending, len(ready))

@@ -480,6 +480,7 @@ class _Generation:
 
     async def stream(self) -> AsyncIterator[bytes]:
         started_choices: set[int] = set()
+        frames: dict[int, tuple[bytes, bytes]] = {}
         status, done = 200, False
         try:
             async for index, event in self.events():
@@ -497,12 +498,18 @@ class _Generation:
                     break
                 first = index not in started_choices
                 started_choices.add(index)
-                if isinstance(event, Piece):
+                if isinstance(event, Piece) and (first or self.req.logprobs is not None):
                     yield _sse(
                         self._chunk(
                             index, text=event.text, first=first, logprobs=self._logprobs([event])
                         )
                     )
+                elif isinstance(event, Piece):
+                    # The hot path, once per token: only the text changes between chunks.
+                    if index not in frames:
+                        frames[index] = _frame(self._chunk(index, text=_SLOT))
+                    head, tail = frames[index]
+                    yield head + json.dumps(event.text).encode() + tail
                 elif event.reason != "cancelled":
                     chunk = self._chunk(index, reason=event.reason, first=first)
                     if index == self.runs - 1:
@@ -514,6 +521,15 @@ class _Generation:
         finally:
             # 499: the client went away before the end (the generation was stopped).
             self._finish(status if done or status != 200 else 499)
+
+
+_SLOT = "\u0000slot\u0000"
+
+
+def _frame(chunk: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A chunk's SSE bytes split around its text, to be filled in per token."""
+    head, tail = _sse(chunk).split(json.dumps(_SLOT).encode())
+    return head, tail
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
