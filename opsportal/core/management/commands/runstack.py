@@ -111,9 +111,10 @@ class Command(BaseCommand):
             sys.exit(exit_code)
 
     def _stop_all(self, children: dict[str, "subprocess.Popen[bytes]"]) -> None:
+        # The main process of each: Celery then stops its own pool (a warm shutdown).
         for child in children.values():
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
+                child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
         for name, child in children.items():
             try:
