@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "opsportal.inventory",
     "opsportal.jobs",
     "opsportal.runtime",
+    "opsportal.chat",
 ]
 
 MIDDLEWARE = [
@@ -217,6 +218,8 @@ LOGGING = {
 OPSPORTAL_ADMIN_EMAIL = os.environ.get("OPSPORTAL_ADMIN_EMAIL", "").strip()
 OPSPORTAL_ADMIN_PASSWORD = os.environ.get("OPSPORTAL_ADMIN_PASSWORD", "")
 OPSPORTAL_PAGE_SIZE = int(os.environ.get("OPSPORTAL_PAGE_SIZE", "50"))
+# Test chat: how long the relay waits on an endpoint before calling it a timeout.
+OPSPORTAL_CHAT_TIMEOUT = float(os.environ.get("OPSPORTAL_CHAT_TIMEOUT", "120"))
 # The local runtime's gateway: where it listens, and the base of the scoring URIs it hands out.
 OPSPORTAL_RUNTIME_HOST = os.environ.get("OPSPORTAL_RUNTIME_HOST", "127.0.0.1")
 OPSPORTAL_RUNTIME_PORT = int(os.environ.get("OPSPORTAL_RUNTIME_PORT", "8001"))

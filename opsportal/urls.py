@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from opsportal.accounts import views as accounts
+from opsportal.chat import views as chat
 from opsportal.core import views as core
 from opsportal.inventory import views as inventory
 from opsportal.jobs import views as jobs
@@ -37,6 +38,12 @@ urlpatterns = [
         accounts.member_remove,
         name="member_remove",
     ),
+    path("endpoints/<int:pk>/chat/", chat.turn_create, name="chat_turn_create"),
+    path("endpoints/<int:pk>/chat/clear/", chat.chat_clear, name="chat_clear"),
+    path("endpoints/<int:pk>/chat/export/", chat.chat_export, name="chat_export"),
+    path("chat/turns/<int:turn_id>/stream/", chat.turn_stream, name="chat_turn_stream"),
+    path("chat/compare/", chat.compare, name="chat_compare"),
+    path("chat/compare/run/", chat.compare_create, name="chat_compare_create"),
     path("jobs/", jobs.jobs_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
     path("admin/", admin.site.urls),

@@ -31,6 +31,13 @@ class RunningRuntime:
     runtime: Runtime
     meter: Meter
     workspace: Workspace
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop_gateway(self) -> None:
+        """Take the data plane down (the control loop keeps running)."""
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
     @property
     def provider(self) -> LocalProvider:
@@ -84,6 +91,7 @@ def start_runtime(settings) -> tuple[RunningRuntime, callable]:
         meter.stop()
         connections.close_all()
 
-    return RunningRuntime(
-        f"http://127.0.0.1:{port}", runtime, meter, local_workspace_ensure()
-    ), stop
+    running = RunningRuntime(
+        f"http://127.0.0.1:{port}", runtime, meter, local_workspace_ensure(), server, thread
+    )
+    return running, stop

@@ -29,6 +29,9 @@ def mutation_urls(world) -> dict[str, str]:
         "member_add": reverse("member_add", args=[world.team_a.slug]),
         "member_update": reverse("member_update", args=[world.team_a.slug, membership.pk]),
         "member_remove": reverse("member_remove", args=[world.team_a.slug, membership.pk]),
+        "chat_turn_create": reverse("chat_turn_create", args=[world.endpoint_a.pk]),
+        "chat_clear": reverse("chat_clear", args=[world.endpoint_a.pk]),
+        "chat_compare_create": reverse("chat_compare_create"),
     }
 
 
@@ -41,7 +44,16 @@ def test_it_forbids_every_mutation_to_a_viewer(world):
     client = client_for(world.viewer)
     before = list(Membership.objects.order_by("pk").values_list("pk", "role"))
     for name, url in mutation_urls(world).items():
-        response = client.post(url, {"email": "viewer@example.com", "role": "admin"})
+        response = client.post(
+            url,
+            {
+                "email": "viewer@example.com",
+                "role": "admin",
+                "message": "hi",
+                "left": world.endpoint_a.pk,
+                "right": world.endpoint_a.pk,
+            },
+        )
         assert response.status_code == 403, name
     assert list(Membership.objects.order_by("pk").values_list("pk", "role")) == before
 

@@ -162,6 +162,10 @@ def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context["deployments"] = endpoint.deployments.filter(deleted_at__isnull=True)
     elif tab == "jobs":
         context["jobs"] = visible_jobs(request.user).filter(endpoint=endpoint)[:50]
+    elif tab == "chat":
+        from opsportal.chat.views import tab_context
+
+        context.update(tab_context(request, endpoint))
     elif tab == "usage":
         context["requests"] = endpoint.usage_records.order_by("-created_at", "-pk")[:50]
     return partial_or_page(request, "inventory/endpoint_detail.html", "tab", context)

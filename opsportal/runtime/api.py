@@ -125,7 +125,11 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int | None = None) -> int
     return value
 
 
-def parse(raw: bytes, *, family: str, mode: str, default_ignore_eos: bool) -> ChatRequest:
+def parse(
+    raw: bytes, *, family: str, mode: str, default_ignore_eos: bool, local_engine: bool = True
+) -> ChatRequest:
+    """Validate a request body. `local_engine` adds the refusals of what llama.cpp cannot do;
+    without it, only the seed's rules apply (what any endpoint of the family accepts)."""
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -164,7 +168,7 @@ def parse(raw: bytes, *, family: str, mode: str, default_ignore_eos: bool) -> Ch
         raise ApiError(400, "'model' must be a string.", param="model")
 
     if family == "llama":
-        _llama_rules(body, req)
+        _llama_rules(body, req, local_engine)
     return req
 
 
@@ -200,7 +204,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
     return messages
 
 
-def _llama_rules(body: dict[str, Any], req: ChatRequest) -> None:
+def _llama_rules(body: dict[str, Any], req: ChatRequest, local_engine: bool) -> None:
     n = _int(body, "n", 1, MAX_N)
     req.n = n or 1
     req.best_of = _int(body, "best_of", 1, MAX_N)
@@ -240,13 +244,13 @@ def _llama_rules(body: dict[str, Any], req: ChatRequest) -> None:
         req.stop_token_ids = ids
 
     beam = _bool(body, "use_beam_search", False)
-    if beam:
-        if not (req.best_of or 1) > 1 or req.temperature != 0:
-            raise ApiError(
-                400,
-                "'use_beam_search' needs 'best_of' greater than 1 and 'temperature' 0.",
-                param="use_beam_search",
-            )
+    if beam and not ((req.best_of or 1) > 1 and req.temperature == 0):
+        raise ApiError(
+            400,
+            "'use_beam_search' needs 'best_of' greater than 1 and 'temperature' 0.",
+            param="use_beam_search",
+        )
+    if beam and local_engine:
         raise ApiError(
             400,
             "'use_beam_search' is not supported by the local llama.cpp engine; "
@@ -260,7 +264,7 @@ def _llama_rules(body: dict[str, Any], req: ChatRequest) -> None:
             raise ApiError(
                 400, "'skip_special_tokens' must be true or false.", param="skip_special_tokens"
             )
-        if skip is False:
+        if skip is False and local_engine:
             raise ApiError(
                 400,
                 "'skip_special_tokens': false is not supported by the local "
