@@ -9,7 +9,6 @@ from html import unescape
 import httpx
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient
 from django.urls import reverse
 
 from opsportal.accounts.models import Role
@@ -47,19 +46,29 @@ def send(user, endpoint, **fields) -> tuple[int, str]:
     return response.status_code, response.content.decode()
 
 
-def stream(user, turn: ChatTurn) -> tuple[list[tuple[str, dict]], str]:
-    async def go() -> tuple[list[tuple[str, dict]], str]:
-        client = AsyncClient()
-        await client.aforce_login(user)
-        response = await client.get(reverse("chat_turn_stream", args=[turn.pk]))
-        assert response.status_code == 200
-        assert response["Content-Type"] == "text/event-stream"
-        raw = b""
-        async for part in response.streaming_content:
-            raw += part
-        return raw
+def get_stream(user, turn_id: int) -> httpx.Response:
+    """GET the stream through the real ASGI entry point (opsportal.asgi), with a session."""
+    from opsportal.asgi import application
 
-    raw = async_to_sync(go)().decode()
+    session = client_for(user).cookies["sessionid"].value if user else ""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", cookies={"sessionid": session}
+        ) as client:
+            response = await client.get(reverse("chat_turn_stream", args=[turn_id]))
+            await response.aread()
+            return response
+
+    return async_to_sync(go)()
+
+
+def stream(user, turn: ChatTurn) -> tuple[list[tuple[str, dict]], str]:
+    response = get_stream(user, turn.pk)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    raw = response.text
     events = []
     for block in raw.strip().split("\n\n"):
         name = block.split("\n")[0].removeprefix("event: ")
@@ -308,4 +317,6 @@ def test_it_keeps_chat_to_operators(chat):
         .status_code
         == 404
     )
-    assert client_for(outsider).get(reverse("chat_turn_stream", args=[turn.pk])).status_code == 404
+    assert get_stream(outsider, turn.pk).status_code == 404
+    assert get_stream(viewer, turn.pk).status_code == 404  # not theirs
+    assert get_stream(None, turn.pk).status_code == 403  # no session

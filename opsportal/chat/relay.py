@@ -68,9 +68,10 @@ def explain(status: int, headers: httpx.Headers, raw: bytes, route: str) -> str:
     return f"The endpoint failed ({status}): {message} Try again."
 
 
-def _finish(turn_id: int, fields: dict[str, Any]) -> str:
-    ChatTurn.objects.filter(pk=turn_id).update(**fields)
-    turn = ChatTurn.objects.get(pk=turn_id)
+def _finish(turn: ChatTurn, fields: dict[str, Any]) -> str:
+    ChatTurn.objects.filter(pk=turn.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(turn, name, value)
     return render_to_string("chat/_stats.html", {"turn": turn})
 
 
@@ -167,9 +168,9 @@ async def relay(turn: ChatTurn, target: RelayTarget) -> AsyncIterator[bytes]:
         )
     except (asyncio.CancelledError, GeneratorExit):
         # The browser went away (or pressed stop): keep what arrived, then let go.
-        await asyncio.shield(finish(turn.pk, _fields(got, started, ChatTurn.Status.STOPPED, "")))
+        await asyncio.shield(finish(turn, _fields(got, started, ChatTurn.Status.STOPPED, "")))
         raise
-    html = await finish(turn.pk, _fields(got, started, status, error))
+    html = await finish(turn, _fields(got, started, status, error))
     yield event("stats", {"html": html})
     yield event("done", {})
 

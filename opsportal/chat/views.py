@@ -1,15 +1,11 @@
 import uuid
 
-from asgiref.sync import sync_to_async
 from django import forms
-from django.core.exceptions import PermissionDenied
 from django.http import (
-    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseRedirect,
     JsonResponse,
-    StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -20,10 +16,8 @@ from opsportal.accounts.permissions import has_role, mutation, require_role
 from opsportal.chat import services
 from opsportal.chat.forms import ChatForm
 from opsportal.chat.models import ChatTurn
-from opsportal.chat.relay import event, relay
 from opsportal.inventory.models import Endpoint, ProvisioningState
 from opsportal.inventory.selectors import visible_endpoints
-from opsportal.providers import ProviderError
 
 
 def _endpoint(request: HttpRequest, pk: int) -> Endpoint:
@@ -82,51 +76,15 @@ def chat_export(request: HttpRequest, pk: int) -> JsonResponse:
     return response
 
 
-def _stream_setup(request: HttpRequest, turn_id: int) -> tuple[ChatTurn, object | None, str]:
-    """Load a turn of this user and, if it still has to run, where it goes."""
-    turn = (
-        ChatTurn.objects.select_related("endpoint", "endpoint__workspace")
-        .filter(pk=turn_id, user=request.user)
-        .first()
+def turn_stream(request: HttpRequest, turn_id: int) -> HttpResponse:
+    """Names the stream URL. The stream itself is served by opsportal.asgi (see
+    opsportal/chat/stream.py) before a request reaches Django; getting here means the console
+    runs without its ASGI entry point, which test chat needs."""
+    return HttpResponse(
+        "Test chat streams need the ASGI server (opsportal.asgi:application).",
+        status=501,
+        content_type="text/plain",
     )
-    if turn is None or not visible_endpoints(request.user).filter(pk=turn.endpoint_id).exists():
-        raise Http404
-    if not has_role(request.user, turn.endpoint.workspace.team_id, Role.OPERATOR):
-        raise PermissionDenied
-    if turn.status != ChatTurn.Status.PENDING:
-        from django.template.loader import render_to_string
-
-        return turn, None, render_to_string("chat/_stats.html", {"turn": turn})
-    # Claim the turn, so a second browser tab cannot run it twice.
-    claimed = ChatTurn.objects.filter(pk=turn.pk, status=ChatTurn.Status.PENDING).update(
-        status=ChatTurn.Status.STOPPED
-    )
-    if not claimed:
-        raise Http404
-    try:
-        return turn, services.relay_target(turn), ""
-    except ProviderError as exc:
-        ChatTurn.objects.filter(pk=turn.pk).update(status=ChatTurn.Status.ERROR, error=exc.message)
-        turn.refresh_from_db()
-        from django.template.loader import render_to_string
-
-        return turn, None, render_to_string("chat/_stats.html", {"turn": turn})
-
-
-async def turn_stream(request: HttpRequest, turn_id: int) -> StreamingHttpResponse:
-    user = await request.auser()
-    request.user = user
-    turn, target, finished_html = await sync_to_async(_stream_setup)(request, turn_id)
-
-    async def replay() -> object:
-        yield event("stats", {"html": finished_html})
-        yield event("done", {})
-
-    body = relay(turn, target) if target is not None else replay()
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
 
 
 class CompareForm(forms.Form):

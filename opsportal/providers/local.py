@@ -280,9 +280,15 @@ class LocalProvider:
 
     # --- keys ------------------------------------------------------------------------------
     def keys_get(self, *, name: str) -> EndpointKeys:
-        ep = self._endpoint(name)
-        keys = {k.slot: decrypt(k.encrypted) for k in LocalKey.objects.filter(endpoint=ep)}
+        # One query: the test-chat relay asks for keys at the start of every answer.
+        rows = LocalKey.objects.filter(
+            endpoint__workspace=self.workspace,
+            endpoint__name=name,
+            endpoint__deleted_at__isnull=True,
+        ).values_list("slot", "encrypted")
+        keys = {slot: decrypt(encrypted) for slot, encrypted in rows}
         if set(keys) != {KeySlot.PRIMARY, KeySlot.SECONDARY}:
+            self._endpoint(name)  # says "no such endpoint" when that is the reason
             raise ProviderError(f"{name} has no keys.", code="NotFound")
         return EndpointKeys(primary=keys[KeySlot.PRIMARY], secondary=keys[KeySlot.SECONDARY])
 
