@@ -51,12 +51,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/inventory.py
 
-# Re-vendor the front-end files from the npm registry (they are committed under static/vendor).
+# Re-vendor htmx from the npm registry (it is committed under static/vendor).
 vendor:
-	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent htmx.org@2.0.11 htmx-ext-sse@2.2.4 >/dev/null \
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent htmx.org@2.0.11 >/dev/null \
 	&& tar xzf htmx.org-2.0.11.tgz && cp package/dist/htmx.min.js $(CURDIR)/static/vendor/htmx-2.0.11.min.js \
-	&& rm -rf package && tar xzf htmx-ext-sse-2.2.4.tgz && cp package/sse.js $(CURDIR)/static/vendor/htmx-ext-sse-2.2.4.js \
-	&& rm -rf $$tmp
+	&& cp package/LICENSE $(CURDIR)/static/vendor/htmx.LICENSE && rm -rf $$tmp
 
 clean:
 	rm -rf $(VENV) var
