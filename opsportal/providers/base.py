@@ -1,3 +1,5 @@
+import contextlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,11 @@ def register(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]
 
 
 def for_workspace(workspace: Any) -> Any:
+    if workspace.provider not in _FACTORIES:
+        # Back ends register when their module is imported; import on first use, so a process
+        # that never talks to Azure never loads the Azure SDK.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"opsportal.providers.{workspace.provider}")
     try:
         factory = _FACTORIES[workspace.provider]
     except KeyError:

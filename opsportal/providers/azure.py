@@ -1,0 +1,594 @@
+"""Azure Machine Learning as a provider, through azure-ai-ml (MLClient), azure-identity and
+azure-mgmt-resource-subscriptions. See ../shared/azure-fixtures/NOTES.md for the calls each
+method makes; tests/test_azure_contract.py proves them against Azure's published examples.
+
+Three SDK defects of azure-ai-ml 1.35.x are worked around, each in one marked place:
+  WORKAROUND(serverless-regenerate)  begin_regenerate_keys raises TypeError;
+  WORKAROUND(half-empty-usage)       compute.list_usage entities lose their values;
+  WORKAROUND(half-empty-vmsize)      compute.list_sizes entities lose their values.
+"""
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from opsportal.inventory.models import Endpoint, Offering, Provider, ProvisioningState, Workspace
+from opsportal.providers.base import (
+    CoreUsage,
+    DeploymentInfo,
+    EndpointInfo,
+    EndpointKeys,
+    InstanceType,
+    ProviderError,
+    register,
+)
+
+log = logging.getLogger(__name__)
+logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)  # "experimental method" on every call
+
+# What each kind of action needs, in the words of DESIGN.md §1.
+NEEDS = {
+    "subscribe": (
+        "Subscribing to a Marketplace offer needs Owner or Contributor on the Azure subscription, "
+        "or a custom role with Microsoft.MarketplaceOrdering/agreements/offers/plans/read and "
+        ".../plans/sign/action, Microsoft.MarketplaceOrdering/offerTypes/publishers/offers/plans/"
+        "agreements/read, Microsoft.Marketplace/offerTypes/publishers/offers/plans/agreements/read "
+        "and Microsoft.SaaS/register/action; Microsoft.SaaS/resources/read|write on the resource "
+        "group; and Microsoft.MachineLearningServices/workspaces/"
+        "marketplaceModelSubscriptions/* on the workspace."
+    ),
+    "endpoints": (
+        "Managing endpoints needs Microsoft.MachineLearningServices/workspaces/"
+        "serverlessEndpoints/* (or onlineEndpoints/*) on the workspace: the AzureML Data "
+        "Scientist role, or Azure AI Developer on the resource group."
+    ),
+    "read": "Reading needs at least the Reader role on the subscription or workspace.",
+}
+QUOTA_CODES = {"QuotaExceeded", "InsufficientQuota", "OutOfQuota", "QuotaLimitExceeded"}
+
+
+def azure_configuration() -> tuple[bool, str]:
+    """Whether any credential source is set up (without asking Azure)."""
+    if os.environ.get("AZURE_CLIENT_ID") and os.environ.get("AZURE_TENANT_ID"):
+        return True, "service principal or workload identity from AZURE_* variables"
+    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT"):
+        return True, "managed identity"
+    if shutil.which("az") and os.path.isdir(os.path.expanduser("~/.azure")):
+        return True, "Azure CLI login (az login)"
+    return False, (
+        "Azure is not configured: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET "
+        "(or a certificate), run on a managed identity, or sign in with `az login`."
+    )
+
+
+def default_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+def translate(exc: Exception, *, action: str = "read", what: str = "") -> ProviderError:
+    """An SDK exception in plain words, and whether trying again can help."""
+    subject = f" ({what})" if what else ""
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) != 403:
+        return ProviderError(
+            f"Azure did not accept the credential{subject}: {_first_line(exc)}. Check the AZURE_* "
+            "variables or sign in again.",
+            code="Unauthorized",
+        )
+    if isinstance(exc, ResourceNotFoundError):
+        return ProviderError(
+            f"Not found in Azure{subject}: it was deleted or never existed.", code="NotFound"
+        )
+    if isinstance(exc, ResourceExistsError):
+        return ProviderError(
+            f"Azure reports a conflict{subject}: {_first_line(exc)}", code="Conflict"
+        )
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return ProviderError(
+            f"Could not reach Azure{subject}: {_first_line(exc)}. Will retry.",
+            retryable=True,
+            code="ConnectionError",
+        )
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        code = getattr(getattr(exc, "error", None), "code", None) or ""
+        if code == "ServerlessModelNotAvailableInRegion":
+            return ProviderError(
+                f"This model is not offered as a serverless API in the workspace's region"
+                f"{subject}. Use a workspace in a region the catalog lists for it.",
+                code=code,
+            )
+        if code in QUOTA_CODES or "quota" in str(exc).lower():
+            return ProviderError(
+                f"Not enough VM core quota{subject}: {_first_line(exc)}. Free cores in this region "
+                "and VM family, or request a quota increase.",
+                code="QuotaExceeded",
+            )
+        if status in (401, 403):
+            return ProviderError(
+                f"Azure refused the action ({status}){subject}. {NEEDS[action]}", code="Forbidden"
+            )
+        if status == 404:
+            return ProviderError(f"Not found in Azure{subject}.", code="NotFound")
+        if status == 409:
+            return ProviderError(
+                f"Azure reports a conflict{subject}: {_first_line(exc)}", code="Conflict"
+            )
+        if status == 429:
+            wait = _retry_after(exc)
+            return ProviderError(
+                f"Azure is throttling requests{subject}; wait {wait:g} s.",
+                retryable=True,
+                retry_after=wait,
+                code="Throttled",
+            )
+        if status >= 500:
+            return ProviderError(
+                f"Azure failed ({status}){subject}: {_first_line(exc)}. Will retry.",
+                retryable=True,
+                code="ServerError",
+            )
+        return ProviderError(
+            f"Azure refused the request ({status}){subject}: {_first_line(exc)}",
+            code=code or "BadRequest",
+        )
+    return ProviderError(
+        f"Unexpected error from the Azure SDK{subject}: {type(exc).__name__}", code="Unexpected"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return text.strip().splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _retry_after(exc: HttpResponseError) -> float:
+    headers = getattr(exc.response, "headers", {}) or {}
+    for name in ("Retry-After", "retry-after", "x-ms-retry-after-ms"):
+        if name in headers:
+            try:
+                value = float(headers[name])
+            except ValueError:
+                continue
+            return value / 1000 if name.endswith("-ms") else value
+    return 30.0
+
+
+def state_of(value: Any) -> str:
+    """Serverless states arrive as snake_case text, online ones as enums: one vocabulary."""
+    text = str(getattr(value, "value", value) or "").replace("_", "").lower()
+    for state in ProvisioningState:
+        if state.value.lower() == text:
+            return state.value
+    return ProvisioningState.UNKNOWN.value
+
+
+# --- subscription and workspace discovery ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    subscription_id: str
+    display_name: str
+    tenant_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    name: str
+    resource_group: str
+    region: str
+    resource_id: str
+
+
+@dataclass(frozen=True)
+class MarketplaceSubscriptionInfo:
+    name: str
+    model_id: str
+    status: str  # Subscribed | Suspended | Unsubscribed | Pending
+    provisioning_state: str
+    resource_id: str
+
+
+def subscriptions_list(credential: Any, **client_kwargs: Any) -> list[SubscriptionInfo]:
+    from azure.mgmt.resource.subscriptions import SubscriptionClient
+
+    try:
+        client = SubscriptionClient(credential, **client_kwargs)
+        return [
+            SubscriptionInfo(
+                s.subscription_id,
+                s.display_name or s.subscription_id,
+                s.tenant_id or "",
+                str(getattr(s.state, "value", s.state) or ""),
+            )
+            for s in client.subscriptions.list()
+        ]
+    except Exception as exc:
+        raise translate(exc, what="listing subscriptions") from exc
+
+
+def ml_client(
+    credential: Any,
+    subscription_id: str,
+    resource_group: str | None = None,
+    workspace: str | None = None,
+    **client_kwargs: Any,
+) -> Any:
+    from azure.ai.ml import MLClient
+
+    client_kwargs.setdefault("enable_telemetry", False)
+    return MLClient(credential, subscription_id, resource_group, workspace, **client_kwargs)
+
+
+def workspaces_list(
+    credential: Any, subscription_id: str, **client_kwargs: Any
+) -> list[WorkspaceInfo]:
+    try:
+        ml = ml_client(credential, subscription_id, **client_kwargs)
+        return [
+            WorkspaceInfo(w.name, w.resource_group, (w.location or "").lower(), w.id or "")
+            for w in ml.workspaces.list(scope="subscription")
+        ]
+    except Exception as exc:
+        raise translate(exc, what=f"workspaces of {subscription_id}") from exc
+
+
+# --- one workspace ------------------------------------------------------------------------------
+
+
+@register(Provider.AZURE)
+class AzureProvider:
+    def __init__(
+        self,
+        workspace: Workspace,
+        *,
+        credential: Any = None,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.workspace = workspace
+        self.ml = ml_client(
+            credential or default_credential(),
+            workspace.account.subscription_id,
+            workspace.resource_group,
+            workspace.name,
+            **(client_kwargs or {}),
+        )
+
+    def _call(self, action: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise translate(exc, action=action, what=what) from exc
+
+    def _offering(self, slug: str) -> Offering:
+        offering = Offering.objects.filter(slug=slug).first()
+        if offering is None or not offering.registry_model_id:
+            raise ProviderError(
+                f"No Azure model for offering {slug!r} in the catalog.", code="NotFound"
+            )
+        return offering
+
+    def _kind(self, name: str) -> str:
+        kind = (
+            Endpoint.objects.filter(workspace=self.workspace, name=name)
+            .order_by("-pk")
+            .values_list("kind", flat=True)
+            .first()
+        )
+        if kind is None:
+            # Not synced yet: ask Azure which kind it is.
+            try:
+                self.ml.serverless_endpoints.get(name)
+                return Endpoint.Kind.SERVERLESS
+            except ResourceNotFoundError:
+                return Endpoint.Kind.MANAGED
+            except Exception as exc:
+                raise translate(exc, what=name) from exc
+        return kind
+
+    # --- Marketplace subscriptions -------------------------------------------------------------
+    def marketplace_subscriptions_list(self) -> list[MarketplaceSubscriptionInfo]:
+        def run() -> list[MarketplaceSubscriptionInfo]:
+            return [
+                MarketplaceSubscriptionInfo(
+                    s.name,
+                    s.model_id or "",
+                    str(s.status or "").replace("_", " ").title().replace(" ", ""),
+                    state_of(s.provisioning_state),
+                    s.id or "",
+                )
+                for s in self.ml.marketplace_subscriptions.list()
+            ]
+
+        return self._call("read", "Marketplace subscriptions", run)
+
+    def subscription_exists(self, *, offering_slug: str) -> bool:
+        model_id = self._offering(offering_slug).registry_model_id.lower()
+        return any(
+            s.model_id.lower() == model_id and s.status == "Subscribed"
+            for s in self.marketplace_subscriptions_list()
+        )
+
+    def subscription_create(self, *, offering_slug: str) -> str:
+        from azure.ai.ml.entities import MarketplaceSubscription
+
+        offering = self._offering(offering_slug)
+        sub = MarketplaceSubscription(name=offering.slug, model_id=offering.registry_model_id)
+
+        def run() -> str:
+            result = self.ml.marketplace_subscriptions.begin_create_or_update(sub).result()
+            return state_of(result.provisioning_state)
+
+        return self._call("subscribe", f"subscribing to {offering.display_name}", run)
+
+    # --- endpoints -------------------------------------------------------------------------------
+    def _serverless_info(self, ep: Any) -> EndpointInfo:
+        model_id = (ep.model_id or "").lower()
+        slug = next(
+            (
+                o.slug
+                for o in Offering.objects.exclude(registry_model_id="")
+                if o.registry_model_id.lower() == model_id
+            ),
+            "",
+        )
+        return EndpointInfo(
+            name=ep.name,
+            kind=Endpoint.Kind.SERVERLESS,
+            provisioning_state=state_of(ep.provisioning_state),
+            scoring_uri=ep.scoring_uri or "",
+            offering_slug=slug,
+        )
+
+    def _online_info(self, ep: Any, deployments: list[Any]) -> EndpointInfo:
+        traffic = ep.traffic or {}
+        return EndpointInfo(
+            name=ep.name,
+            kind=Endpoint.Kind.MANAGED,
+            provisioning_state=state_of(ep.provisioning_state),
+            scoring_uri=ep.scoring_uri or "",
+            offering_slug="",
+            deployments=tuple(
+                DeploymentInfo(
+                    name=d.name,
+                    instance_type=d.instance_type or "",
+                    instance_count=d.instance_count or 0,
+                    traffic_percent=int(traffic.get(d.name, 0)),
+                    state=state_of(d.provisioning_state),
+                )
+                for d in deployments
+            ),
+        )
+
+    def serverless_endpoints_list(self) -> list[EndpointInfo]:
+        return self._call(
+            "read",
+            "serverless endpoints",
+            lambda: [self._serverless_info(ep) for ep in self.ml.serverless_endpoints.list()],
+        )
+
+    def online_endpoints_list(self, *, with_deployments: bool = True) -> list[EndpointInfo]:
+        def run() -> list[EndpointInfo]:
+            out = []
+            for ep in self.ml.online_endpoints.list():
+                deps = list(self.ml.online_deployments.list(ep.name)) if with_deployments else []
+                out.append(self._online_info(ep, deps))
+            return out
+
+        return self._call("read", "online endpoints", run)
+
+    def endpoints_list(self) -> list[EndpointInfo]:
+        return self.serverless_endpoints_list() + self.online_endpoints_list()
+
+    def endpoint_get(self, name: str) -> EndpointInfo:
+        if self._kind(name) == Endpoint.Kind.SERVERLESS:
+            return self._call(
+                "read", name, lambda: self._serverless_info(self.ml.serverless_endpoints.get(name))
+            )
+
+        def online() -> EndpointInfo:
+            ep = self.ml.online_endpoints.get(name)
+            return self._online_info(ep, list(self.ml.online_deployments.list(name)))
+
+        return self._call("read", name, online)
+
+    def endpoint_create(
+        self, *, name: str, kind: str, offering_slug: str, content_safety: bool = True
+    ) -> EndpointInfo:
+        from azure.ai.ml.entities import ManagedOnlineEndpoint, ServerlessEndpoint
+
+        offering = self._offering(offering_slug)
+        if kind == Endpoint.Kind.SERVERLESS:
+            entity = ServerlessEndpoint(name=name, model_id=offering.registry_model_id)
+            return self._call(
+                "endpoints",
+                f"creating {name}",
+                lambda: self._serverless_info(
+                    self.ml.serverless_endpoints.begin_create_or_update(entity).result()
+                ),
+            )
+        endpoint = ManagedOnlineEndpoint(name=name, auth_mode="key")
+        return self._call(
+            "endpoints",
+            f"creating {name}",
+            lambda: self._online_info(
+                self.ml.online_endpoints.begin_create_or_update(endpoint).result(), []
+            ),
+        )
+
+    def endpoint_delete(self, *, name: str) -> None:
+        if self._kind(name) == Endpoint.Kind.SERVERLESS:
+            self._call(
+                "endpoints",
+                f"deleting {name}",
+                lambda: self.ml.serverless_endpoints.begin_delete(name).result(),
+            )
+        else:
+            self._call(
+                "endpoints",
+                f"deleting {name}",
+                lambda: self.ml.online_endpoints.begin_delete(name=name).result(),
+            )
+
+    def deployment_create(
+        self,
+        *,
+        endpoint_name: str,
+        name: str,
+        instance_type: str,
+        instance_count: int,
+        traffic_percent: int,
+        offering_slug: str = "",
+    ) -> DeploymentInfo:
+        from azure.ai.ml.entities import ManagedOnlineDeployment
+
+        ep_row = Endpoint.objects.filter(workspace=self.workspace, name=endpoint_name).first()
+        slug = offering_slug or (ep_row.offering.slug if ep_row and ep_row.offering else "")
+        offering = self._offering(slug)
+        deployment = ManagedOnlineDeployment(
+            name=name,
+            endpoint_name=endpoint_name,
+            model=offering.registry_model_id,
+            instance_type=instance_type,
+            instance_count=instance_count,
+        )
+
+        def run() -> DeploymentInfo:
+            result = self.ml.online_deployments.begin_create_or_update(deployment).result()
+            endpoint = self.ml.online_endpoints.get(endpoint_name)
+            endpoint.traffic = {**(endpoint.traffic or {}), name: traffic_percent}
+            self.ml.online_endpoints.begin_create_or_update(endpoint).result()
+            return DeploymentInfo(
+                name=result.name,
+                instance_type=result.instance_type or "",
+                instance_count=result.instance_count or instance_count,
+                traffic_percent=traffic_percent,
+                state=state_of(result.provisioning_state),
+            )
+
+        return self._call("endpoints", f"deploying {name} to {endpoint_name}", run)
+
+    def deployment_delete(self, *, endpoint_name: str, name: str) -> None:
+        self._call(
+            "endpoints",
+            f"deleting {endpoint_name}/{name}",
+            lambda: self.ml.online_deployments.begin_delete(
+                name=name, endpoint_name=endpoint_name
+            ).result(),
+        )
+
+    # --- keys ------------------------------------------------------------------------------------
+    def keys_get(self, *, name: str) -> EndpointKeys:
+        ops = (
+            self.ml.serverless_endpoints
+            if self._kind(name) == Endpoint.Kind.SERVERLESS
+            else self.ml.online_endpoints
+        )
+
+        def run() -> EndpointKeys:
+            keys = ops.get_keys(name)
+            if not getattr(keys, "primary_key", None):
+                raise ProviderError(f"{name} does not use key authentication.", code="NoKeys")
+            return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
+
+        return self._call("endpoints", f"keys of {name}", run)
+
+    def key_regenerate(self, *, name: str, slot: str) -> EndpointKeys:
+        if slot not in ("primary", "secondary"):
+            raise ProviderError(
+                "The key to regenerate is 'primary' or 'secondary'.", code="InvalidKeyType"
+            )
+        if self._kind(name) == Endpoint.Kind.SERVERLESS:
+            self._call(
+                "endpoints",
+                f"regenerating the {slot} key of {name}",
+                self._regenerate_serverless_key,
+                name,
+                slot,
+            )
+        else:
+            self._call(
+                "endpoints",
+                f"regenerating the {slot} key of {name}",
+                lambda: self.ml.online_endpoints.begin_regenerate_keys(
+                    name, key_type=slot
+                ).result(),
+            )
+        return self.keys_get(name=name)
+
+    def _regenerate_serverless_key(self, name: str, slot: str) -> None:
+        # WORKAROUND(serverless-regenerate): azure-ai-ml 1.35.2's
+        # serverless_endpoints.begin_regenerate_keys passes endpoint_name= to a generated method
+        # whose parameter is `name`, and always raises TypeError (NOTES.md §7.1). Call the
+        # generated client it wraps, with the same request body. tests/test_azure_contract.py
+        # fails when the public method starts working, so this can go then.
+        from azure.ai.ml._restclient.arm_ml_service.models import RegenerateEndpointKeysRequest
+
+        client = self.ml._service_client_01_2024_preview_arm.serverless_endpoints
+        client.begin_regenerate_keys(
+            resource_group_name=self.workspace.resource_group,
+            workspace_name=self.workspace.name,
+            name=name,
+            body=RegenerateEndpointKeysRequest(key_type=slot.capitalize()),
+        ).result()
+
+    # --- compute quota ---------------------------------------------------------------------
+    def instance_types(self) -> list[InstanceType]:
+        def run() -> list[InstanceType]:
+            out = []
+            for size in self.ml.compute.list_sizes(location=self.workspace.region):
+                # WORKAROUND(half-empty-vmsize): 1.35.x leaves v_cp_us/memory_gb/family None and
+                # puts the camelCase REST fields into __dict__ (NOTES.md §7.2). Read either.
+                raw = size.__dict__
+                cores = getattr(size, "v_cp_us", None) or raw.get("vCPUs") or 0
+                memory = getattr(size, "memory_gb", None) or raw.get("memoryGB") or 0
+                family = getattr(size, "family", None) or raw.get("family") or ""
+                out.append(
+                    InstanceType(
+                        name=size.name, cores=int(cores), memory_gb=float(memory), family=family
+                    )
+                )
+            return out
+
+        return self._call("read", f"VM sizes in {self.workspace.region}", run)
+
+    def core_usage(self) -> list[CoreUsage]:
+        def run() -> list[CoreUsage]:
+            out = []
+            for usage in self.ml.compute.list_usage(location=self.workspace.region):
+                # WORKAROUND(half-empty-usage): 1.35.x leaves current_value/limit None and keeps
+                # the REST fields (currentValue, name as a dict) in __dict__ (NOTES.md §7.2).
+                raw = usage.__dict__
+                current = usage.current_value
+                if current is None:
+                    current = raw.get("currentValue", 0)
+                limit = usage.limit if usage.limit is not None else raw.get("limit", 0)
+                name = raw.get("name")
+                family = name.get("value") if isinstance(name, dict) else str(name or "")
+                out.append(
+                    CoreUsage(
+                        region=self.workspace.region,
+                        family=family,
+                        used=int(current or 0),
+                        limit=int(limit or 0),
+                    )
+                )
+            return out
+
+        return self._call("read", f"core usage in {self.workspace.region}", run)
