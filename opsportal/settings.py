@@ -199,6 +199,11 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "heartbeat": {"task": "opsportal.core.tasks.heartbeat", "schedule": 60.0},
+    # A no-op unless Azure is configured (see opsportal.providers.azure.azure_configuration).
+    "azure-sync": {
+        "task": "opsportal.inventory.tasks.azure_sync_scheduled",
+        "schedule": 60.0 * int(os.environ.get("AZURE_SYNC_INTERVAL_MINUTES", "30")),
+    },
 }
 
 # --- Logging: one line per event, no secrets (keys never enter log calls) ----------------

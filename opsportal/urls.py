@@ -19,6 +19,7 @@ urlpatterns = [
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/", inventory.accounts_list, name="accounts"),
+    path("accounts/azure-sync/", inventory.azure_sync_start, name="azure_sync_start"),
     path("workspaces/", inventory.workspaces_list, name="workspaces"),
     path("workspaces/<int:pk>/", inventory.workspace_detail, name="workspace_detail"),
     path("endpoints/", inventory.endpoints_list, name="endpoints"),

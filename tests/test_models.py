@@ -61,10 +61,11 @@ def test_it_copies_the_region_from_the_workspace(db):
     assert endpoint.region == "westus3"
 
 
-def test_it_refuses_a_serverless_endpoint_without_model_or_content_safety(db):
+def test_it_refuses_a_serverless_endpoint_without_content_safety(db):
     ws = WorkspaceFactory()
-    assert refused(lambda: serverless(workspace=ws, name="no-model", offering=None))
     assert refused(lambda: serverless(workspace=ws, name="unsafe", content_safety=False))
+    # A synced endpoint of a model the catalog does not list keeps its model id instead.
+    serverless(workspace=ws, name="unknown-model", offering=None, model_id="azureml://x/y")
     EndpointFactory(workspace=ws, name="managed-unsafe", content_safety=False)
 
 

@@ -32,6 +32,7 @@ def mutation_urls(world) -> dict[str, str]:
         "chat_turn_create": reverse("chat_turn_create", args=[world.endpoint_a.pk]),
         "chat_clear": reverse("chat_clear", args=[world.endpoint_a.pk]),
         "chat_compare_create": reverse("chat_compare_create"),
+        "azure_sync_start": reverse("azure_sync_start"),
     }
 
 

@@ -85,6 +85,8 @@ class Workspace(models.Model):
         help_text="Owning team; only superusers see a workspace without one.",
     )
     azure_resource_id = models.CharField(max_length=400, blank=True)
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    sync_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
@@ -247,6 +249,9 @@ class Endpoint(models.Model):
     offering = models.ForeignKey(
         Offering, on_delete=models.PROTECT, null=True, blank=True, related_name="endpoints"
     )
+    model_id = models.CharField(
+        max_length=300, blank=True, help_text="Registry model id as Azure reports it."
+    )
     # Copied from the workspace so the database can hold "serverless name unique per region".
     region = models.CharField(max_length=40)
     scoring_uri = models.URLField(max_length=500, blank=True)
@@ -278,10 +283,6 @@ class Endpoint(models.Model):
                 fields=["workspace", "name"],
                 condition=Q(deleted_at__isnull=True),
                 name="endpoint_name_unique_in_workspace",
-            ),
-            models.CheckConstraint(
-                condition=Q(kind="managed") | Q(offering__isnull=False),
-                name="endpoint_serverless_has_offering",
             ),
             models.CheckConstraint(
                 condition=Q(kind="managed") | Q(content_safety=True),

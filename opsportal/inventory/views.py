@@ -1,14 +1,19 @@
 from django import forms
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
 
-from opsportal.accounts.permissions import role_on
+from opsportal.accounts.models import Role
+from opsportal.accounts.permissions import mutation, role_on
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
+from opsportal.jobs.models import Job
 from opsportal.jobs.selectors import visible_jobs
+from opsportal.jobs.services import job_create
 
 
 def partial_or_page(
@@ -22,11 +27,36 @@ def partial_or_page(
 
 
 def accounts_list(request: HttpRequest) -> HttpResponse:
+    from opsportal.providers.azure import azure_configuration
+
+    configured, how = azure_configuration()
     return render(
         request,
         "inventory/accounts.html",
-        {"accounts": selectors.accounts_with_counts(request.user)},
+        {
+            "accounts": selectors.accounts_with_counts(request.user),
+            "azure_configured": configured,
+            "azure_how": how,
+            "last_sync": Job.objects.filter(kind="azure-sync").first(),
+        },
     )
+
+
+@mutation(Role.ADMIN)
+def azure_sync_start(request: HttpRequest) -> HttpResponse:
+    """Sync every Azure subscription now (it spans all teams: superusers only)."""
+    if not request.user.is_superuser:
+        raise PermissionDenied("Syncing all Azure subscriptions needs a superuser.")
+    from opsportal.inventory.tasks import azure_sync
+
+    with transaction.atomic():
+        job = job_create(
+            kind="azure-sync",
+            task=azure_sync,
+            requested_by=request.user,
+            target_label="all Azure subscriptions",
+        )
+    return HttpResponseRedirect(job.get_absolute_url())
 
 
 def workspaces_list(request: HttpRequest) -> HttpResponse:

@@ -15,4 +15,6 @@ def jobs_list(request: HttpRequest) -> HttpResponse:
 
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(visible_jobs(request.user), pk=pk)
-    return render(request, "jobs/job_detail.html", {"job": job})
+    # htmx polls the live part every 2 s; it stops asking once the job has ended.
+    template = "jobs/job_detail.html#live" if request.htmx else "jobs/job_detail.html"
+    return render(request, template, {"job": job})

@@ -247,6 +247,15 @@ def workspaces_list(
         raise translate(exc, what=f"workspaces of {subscription_id}") from exc
 
 
+def offering_slugs_by_model() -> dict[str, str]:
+    return {
+        model_id.lower(): slug
+        for slug, model_id in Offering.objects.exclude(registry_model_id="").values_list(
+            "slug", "registry_model_id"
+        )
+    }
+
+
 # --- one workspace ------------------------------------------------------------------------------
 
 
@@ -258,8 +267,12 @@ class AzureProvider:
         *,
         credential: Any = None,
         client_kwargs: dict[str, Any] | None = None,
+        offering_slugs: dict[str, str] | None = None,
     ) -> None:
+        """`offering_slugs` (registry model id, lower case -> offering slug) lets callers on
+        worker threads avoid the database; by default it is read from the catalog."""
         self.workspace = workspace
+        self._slugs = offering_slugs
         self.ml = ml_client(
             credential or default_credential(),
             workspace.account.subscription_id,
@@ -339,21 +352,15 @@ class AzureProvider:
 
     # --- endpoints -------------------------------------------------------------------------------
     def _serverless_info(self, ep: Any) -> EndpointInfo:
-        model_id = (ep.model_id or "").lower()
-        slug = next(
-            (
-                o.slug
-                for o in Offering.objects.exclude(registry_model_id="")
-                if o.registry_model_id.lower() == model_id
-            ),
-            "",
-        )
+        if self._slugs is None:
+            self._slugs = offering_slugs_by_model()
         return EndpointInfo(
             name=ep.name,
             kind=Endpoint.Kind.SERVERLESS,
             provisioning_state=state_of(ep.provisioning_state),
             scoring_uri=ep.scoring_uri or "",
-            offering_slug=slug,
+            offering_slug=self._slugs.get((ep.model_id or "").lower(), ""),
+            model_id=ep.model_id or "",
         )
 
     def _online_info(self, ep: Any, deployments: list[Any]) -> EndpointInfo:

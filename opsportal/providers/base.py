@@ -79,6 +79,7 @@ class EndpointInfo:
     offering_slug: str
     status_message: str = ""
     deployments: tuple[DeploymentInfo, ...] = ()
+    model_id: str = ""
 
 
 @dataclass(frozen=True)

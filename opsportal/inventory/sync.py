@@ -1,0 +1,294 @@
+"""Azure inventory sync: every subscription, workspace, Marketplace subscription and endpoint the
+credential can see, pulled into the database (the read model).
+
+Reads run concurrently across workspaces; every HTTP request first takes a token from its
+subscription's bucket (ARM's read limits: about 250 burst, 25/s refill per subscription).
+Database writes stay on the calling thread. A failing workspace is recorded and the rest go
+on; a resource that vanished is marked deleted, not dropped; running it twice changes nothing.
+"""
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core.pipeline.policies import HeadersPolicy, SansIOHTTPPolicy
+from django.db import transaction
+from django.utils import timezone
+
+from opsportal.inventory.models import (
+    CloudAccount,
+    Endpoint,
+    ManagedDeployment,
+    MarketplaceSubscription,
+    Offering,
+    Provider,
+    Workspace,
+)
+from opsportal.providers.azure import (
+    AzureProvider,
+    EndpointInfo,
+    MarketplaceSubscriptionInfo,
+    offering_slugs_by_model,
+    subscriptions_list,
+    workspaces_list,
+)
+from opsportal.providers.base import ProviderError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, str], None]
+
+
+class TokenBucket:
+    """Requests per second with a burst, shared by every thread reading one subscription."""
+
+    def __init__(self, *, capacity: float = 250, refill_per_s: float = 25) -> None:
+        self.capacity, self.refill = capacity, refill_per_s
+        self.tokens = capacity
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+        self.taken = 0
+        self.waited_s = 0.0
+
+    def take(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.refill)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    self.taken += 1
+                    return
+                wait = (1 - self.tokens) / self.refill
+                self.waited_s += wait
+            time.sleep(wait)
+
+
+class BucketPolicy(SansIOHTTPPolicy):
+    """Takes a token before each HTTP request the SDK sends, retries included."""
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+
+    def on_request(self, request: Any) -> None:
+        self.bucket.take()
+
+
+@dataclass
+class WorkspaceResult:
+    workspace_id: int
+    name: str
+    subscriptions: list[MarketplaceSubscriptionInfo] = field(default_factory=list)
+    endpoints: list[EndpointInfo] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class SyncReport:
+    subscriptions: int = 0
+    workspaces_ok: int = 0
+    workspaces_failed: list[tuple[str, str]] = field(default_factory=list)
+    endpoints: int = 0
+    marked_deleted: int = 0
+    requests: int = 0
+    throttle_wait_s: float = 0.0
+    lines: list[str] = field(default_factory=list)
+
+
+def configured_subscription_ids() -> list[str] | None:
+    raw = os.environ.get("AZURE_SUBSCRIPTION_IDS", "").strip()
+    return [s.strip() for s in raw.split(",") if s.strip()] or None
+
+
+def inventory_sync_azure(
+    *,
+    credential: Any,
+    subscription_ids: list[str] | None = None,
+    client_kwargs: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    max_workers: int = 16,
+    bucket: Callable[[], TokenBucket] = TokenBucket,
+    correlation_id: str | None = None,
+) -> SyncReport:
+    report = SyncReport()
+    say = progress or (lambda pct, msg: None)
+    kwargs = dict(client_kwargs or {})
+    # The job's correlation id travels as Azure's client request id on every request.
+    tagging = [HeadersPolicy({"x-ms-client-request-id": correlation_id})] if correlation_id else []
+    kwargs["per_call_policies"] = tagging
+    now = timezone.now()
+
+    if subscription_ids:
+        wanted, known = subscription_ids, {}
+    else:
+        found_subs = subscriptions_list(credential, **kwargs)
+        wanted = [s.subscription_id for s in found_subs]
+        known = {s.subscription_id: s for s in found_subs}
+    buckets = {sub_id: bucket() for sub_id in wanted}
+    jobs: list[tuple[Workspace, dict[str, Any]]] = []
+    for sub_id in wanted:
+        info = known.get(sub_id)
+        account, _ = CloudAccount.objects.update_or_create(
+            provider=Provider.AZURE,
+            subscription_id=sub_id,
+            defaults={
+                "display_name": info.display_name if info else sub_id,
+                **({"tenant_id": info.tenant_id} if info else {}),
+            },
+        )
+        report.subscriptions += 1
+        sub_kwargs = {**kwargs, "per_call_policies": [*tagging, BucketPolicy(buckets[sub_id])]}
+        try:
+            found = workspaces_list(credential, sub_id, **sub_kwargs)
+        except ProviderError as exc:
+            CloudAccount.objects.filter(pk=account.pk).update(
+                status=CloudAccount.Status.ERROR, last_error=exc.message, last_sync_at=now
+            )
+            report.lines.append(f"{account.display_name}: {exc.message}")
+            continue
+        CloudAccount.objects.filter(pk=account.pk).update(
+            status=CloudAccount.Status.OK, last_error="", last_sync_at=now
+        )
+        seen = []
+        for w in found:
+            workspace, _ = Workspace.objects.update_or_create(
+                account=account,
+                resource_group=w.resource_group,
+                name=w.name,
+                defaults={
+                    "region": w.region,
+                    "provider": Provider.AZURE,
+                    "azure_resource_id": w.resource_id,
+                    "deleted_at": None,
+                },
+            )
+            workspace.account = account  # cached: worker threads must not query
+            seen.append(workspace.pk)
+            jobs.append((workspace, sub_kwargs))
+        report.marked_deleted += (
+            Workspace.objects.filter(account=account, deleted_at__isnull=True)
+            .exclude(pk__in=seen)
+            .update(deleted_at=now)
+        )
+        say(5, f"{account.display_name}: {len(found)} workspaces")
+
+    done = 0
+    slugs = offering_slugs_by_model()
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        futures = [pool.submit(_read_workspace, ws, credential, kw, slugs) for ws, kw in jobs]
+        for future in as_completed(futures):
+            result = future.result()
+            done += 1
+            _write_workspace(result, report, now)
+            counts = f"{len(result.endpoints)} endpoints, {len(result.subscriptions)} subscriptions"
+            say(5 + int(90 * done / max(1, len(jobs))), f"{result.name}: {result.error or counts}")
+    report.requests = sum(b.taken for b in buckets.values())
+    report.throttle_wait_s = sum(b.waited_s for b in buckets.values())
+    return report
+
+
+def _read_workspace(
+    workspace: Workspace, credential: Any, kwargs: dict[str, Any], slugs: dict[str, str]
+) -> WorkspaceResult:
+    """Runs on a worker thread: Azure reads only, no database access at all."""
+    result = WorkspaceResult(workspace.pk, workspace.name)
+    try:
+        provider = AzureProvider(
+            workspace, credential=credential, client_kwargs=kwargs, offering_slugs=slugs
+        )
+        result.subscriptions = provider.marketplace_subscriptions_list()
+        result.endpoints = provider.serverless_endpoints_list() + provider.online_endpoints_list()
+    except ProviderError as exc:
+        result.error = exc.message
+    except Exception as exc:  # one broken workspace must not stop the sync
+        log.exception("reading workspace %s failed", workspace.name)
+        result.error = f"Unexpected error: {type(exc).__name__}"
+    return result
+
+
+def _offerings_by_model() -> dict[str, Offering]:
+    return {o.registry_model_id.lower(): o for o in Offering.objects.exclude(registry_model_id="")}
+
+
+@transaction.atomic
+def _write_workspace(result: WorkspaceResult, report: SyncReport, now: Any) -> None:
+    workspace = Workspace.objects.get(pk=result.workspace_id)
+    if result.error:
+        Workspace.objects.filter(pk=workspace.pk).update(sync_error=result.error)
+        report.workspaces_failed.append((workspace.name, result.error))
+        report.lines.append(f"{workspace.name}: FAILED: {result.error}")
+        return
+    offerings = _offerings_by_model()
+    sub_names = []
+    for s in result.subscriptions:
+        offering = offerings.get(s.model_id.lower())
+        if offering is None:
+            report.lines.append(
+                f"{workspace.name}: Marketplace subscription {s.name} is for "
+                f"{s.model_id}, which the catalog does not list; not recorded."
+            )
+            continue
+        state = {"Subscribed": "Succeeded"}.get(s.status, s.status or "Pending")
+        MarketplaceSubscription.objects.update_or_create(
+            workspace=workspace,
+            offering=offering,
+            deleted_at__isnull=True,
+            defaults={"name": s.name, "state": state, "saas_resource_id": s.resource_id},
+        )
+        sub_names.append(s.name)
+    report.marked_deleted += (
+        workspace.marketplace_subscriptions.filter(deleted_at__isnull=True)
+        .exclude(name__in=sub_names)
+        .update(deleted_at=now)
+    )
+
+    names = []
+    for e in result.endpoints:
+        names.append(e.name)
+        offering = next((o for o in offerings.values() if o.slug == e.offering_slug), None)
+        endpoint, _ = Endpoint.objects.update_or_create(
+            workspace=workspace,
+            name=e.name,
+            deleted_at__isnull=True,
+            defaults={
+                "kind": e.kind,
+                "offering": offering,
+                "model_id": e.model_id,
+                "region": workspace.region,
+                "scoring_uri": e.scoring_uri,
+                "provisioning_state": e.provisioning_state,
+            },
+        )
+        dep_names = []
+        for d in e.deployments:
+            dep_names.append(d.name)
+            ManagedDeployment.objects.update_or_create(
+                endpoint=endpoint,
+                name=d.name,
+                deleted_at__isnull=True,
+                defaults={
+                    "vm_sku": d.instance_type,
+                    "instance_count": max(1, d.instance_count),
+                    "traffic_percent": max(0, min(100, d.traffic_percent)),
+                    "state": d.state,
+                },
+            )
+        endpoint.deployments.filter(deleted_at__isnull=True).exclude(name__in=dep_names).update(
+            deleted_at=now
+        )
+    report.endpoints += len(names)
+    report.marked_deleted += (
+        workspace.endpoints.filter(deleted_at__isnull=True)
+        .exclude(name__in=names)
+        .update(deleted_at=now)
+    )
+    Workspace.objects.filter(pk=workspace.pk).update(sync_error="", last_sync_at=now)
+    report.workspaces_ok += 1
+    report.lines.append(
+        f"{workspace.name}: {len(names)} endpoints, {len(sub_names)} Marketplace subscriptions"
+    )

@@ -1,0 +1,183 @@
+"""Inventory sync over a canned ARM (Azure's published examples through the SDK pipeline)."""
+
+import copy
+
+import pytest
+import responses
+from django.urls import reverse
+
+from opsportal.inventory.models import CloudAccount, Endpoint, MarketplaceSubscription, Workspace
+from opsportal.inventory.sync import TokenBucket, inventory_sync_azure
+from opsportal.jobs.models import Job
+from tests.azure_support import ARM, SUB, FakeCredential, example, url, without_next_link
+
+WS_PATH = f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/workspaces"
+LLAMA = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+
+
+def ws_path(rg: str, name: str) -> str:
+    return (
+        f"{ARM}/subscriptions/{SUB}/resourceGroups/{rg}/providers/"
+        f"Microsoft.MachineLearningServices/workspaces/{name}"
+    )
+
+
+def canned_arm(rs, *, endpoints=("llama-chat",), broken=False) -> None:
+    rs.add(
+        responses.GET,
+        url(f"{ARM}/subscriptions"),
+        json={
+            "value": [
+                {
+                    "id": f"/subscriptions/{SUB}",
+                    "subscriptionId": SUB,
+                    "displayName": "Contoso",
+                    "tenantId": "t1",
+                    "state": "Enabled",
+                }
+            ]
+        },
+    )
+    page = without_next_link(example("workspaces/Workspace_ListBySubscription.json"))
+    template = page["value"][0]
+    page["value"] = []
+    for name in ("ws-good", "ws-broken"):
+        w = copy.deepcopy(template)
+        w["name"], w["location"] = name, "eastus2"
+        w["id"] = ws_path("rg1", name).removeprefix(ARM)
+        page["value"].append(w)
+    rs.add(responses.GET, url(WS_PATH), json=page)
+
+    good = ws_path("rg1", "ws-good")
+    subs = without_next_link(example("marketplace/List.json"))
+    subs["value"][0].update({"name": "llama-sub"})
+    subs["value"][0]["properties"].update(
+        {"modelId": LLAMA, "marketplaceSubscriptionStatus": "Subscribed"}
+    )
+    rs.add(responses.GET, url(f"{good}/marketplaceSubscriptions"), json=subs)
+    serverless = without_next_link(example("serverless/List.json"))
+    item = serverless["value"][0]
+    serverless["value"] = []
+    for name, model in zip(endpoints, (LLAMA, LLAMA.replace("8B-Instruct", "8B")), strict=False):
+        e = copy.deepcopy(item)
+        e["name"] = name
+        e["properties"]["modelSettings"]["modelId"] = model  # one endpoint per model
+        e["properties"]["provisioningState"] = "Succeeded"
+        serverless["value"].append(e)
+    rs.add(responses.GET, url(f"{good}/serverlessEndpoints"), json=serverless)
+    rs.add(responses.GET, url(f"{good}/onlineEndpoints"), json={"value": []})
+    status = 500 if broken else 200
+    bad = ws_path("rg1", "ws-broken")
+    for path in ("marketplaceSubscriptions", "serverlessEndpoints", "onlineEndpoints"):
+        rs.add(
+            responses.GET,
+            url(f"{bad}/{path}"),
+            status=status if status != 200 else 403,
+            json={"error": {"code": "Boom", "message": "workspace is down"}},
+        )
+
+
+def sync(**kw):
+    return inventory_sync_azure(
+        credential=FakeCredential(), client_kwargs={"retry_total": 0, **kw.pop("client", {})}, **kw
+    )
+
+
+@pytest.mark.production_path
+def test_it_pulls_everything_and_records_a_failing_workspace(catalog):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs, broken=True)
+        report = sync()
+    account = CloudAccount.objects.get(subscription_id=SUB)
+    assert (account.display_name, account.tenant_id, account.status) == ("Contoso", "t1", "ok")
+    assert set(Workspace.objects.values_list("name", flat=True)) == {"ws-good", "ws-broken"}
+    endpoint = Endpoint.objects.get(name="llama-chat")
+    assert (endpoint.kind, endpoint.offering.slug, endpoint.provisioning_state) == (
+        "serverless",
+        "meta-llama-3-8b-instruct",
+        "Succeeded",
+    )
+    sub = MarketplaceSubscription.objects.get()
+    assert (sub.name, sub.state, sub.offering.slug) == (
+        "llama-sub",
+        "Succeeded",
+        "meta-llama-3-8b-instruct",
+    )
+    assert report.workspaces_ok == 1
+    ((name, error),) = report.workspaces_failed
+    assert name == "ws-broken" and "Azure failed (500)" in error
+    assert "Azure failed (500)" in Workspace.objects.get(name="ws-broken").sync_error
+    assert Workspace.objects.get(name="ws-good").last_sync_at is not None
+
+
+@pytest.mark.production_path
+def test_it_is_idempotent_and_marks_vanished_resources_deleted(catalog):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs, endpoints=("llama-chat", "llama-two"))
+        sync()
+        sync()
+    assert Endpoint.objects.filter(deleted_at__isnull=True).count() == 2
+    assert MarketplaceSubscription.objects.count() == 1
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs, endpoints=("llama-chat",))
+        report = sync()
+    gone = Endpoint.objects.get(name="llama-two")
+    assert gone.deleted_at is not None  # kept for history
+    assert report.marked_deleted >= 1
+    assert Endpoint.objects.filter(deleted_at__isnull=True).count() == 1
+
+
+def test_it_sends_the_correlation_id_as_the_client_request_id(catalog):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs)
+        sync(correlation_id="job-1234")
+        sent = {
+            c.request.headers.get("x-ms-client-request-id")
+            for c in rs.calls
+            if "/workspaces/" in c.request.url
+        }
+    assert sent == {"job-1234"}
+
+
+def test_it_keeps_to_the_bucket_rate():
+    bucket = TokenBucket(capacity=5, refill_per_s=50)
+    import time
+
+    started = time.monotonic()
+    for _ in range(15):
+        bucket.take()
+    elapsed = time.monotonic() - started
+    # 5 at once, then 10 more at 50/s: at least 0.2 s.
+    assert elapsed >= 0.18
+    assert bucket.taken == 15 and bucket.waited_s > 0
+
+
+def test_it_says_azure_is_not_configured_and_runs_on(db, monkeypatch, settings):
+    from opsportal.inventory.tasks import azure_sync
+
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")
+    job = Job.objects.create(kind="azure-sync", target_label="all")
+    azure_sync.run(job.pk)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("Azure is not configured")
+
+
+def test_it_shows_the_sync_on_the_subscriptions_page(
+    world, monkeypatch, django_capture_on_commit_callbacks
+):
+    from tests.conftest import client_for
+    from tests.factories import UserFactory
+
+    root = UserFactory(username="root@example.com", is_superuser=True, is_staff=True)
+    page = client_for(root).get(reverse("accounts")).content.decode()
+    assert "Azure is not configured" in page or "Azure: " in page
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client_for(root).post(reverse("azure_sync_start"))
+    assert response.status_code == 302
+    job = Job.objects.get(kind="azure-sync")
+    assert response["Location"] == job.get_absolute_url()
+    assert len(callbacks) == 1  # enqueued once the job row is committed
+    assert client_for(world.admin).post(reverse("azure_sync_start")).status_code == 403
