@@ -7,6 +7,7 @@ Database writes stay on the calling thread. A failing workspace is recorded and 
 on; a resource that vanished is marked deleted, not dropped; running it twice changes nothing.
 """
 
+import itertools
 import logging
 import os
 import threading
@@ -178,6 +179,7 @@ def inventory_sync_azure(
         say(5, f"{account.display_name}: {len(found)} workspaces")
 
     done = 0
+    jobs = _round_robin(jobs)
     slugs = offering_slugs_by_model()
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         futures = [pool.submit(_read_workspace, ws, credential, kw, slugs) for ws, kw in jobs]
@@ -190,6 +192,16 @@ def inventory_sync_azure(
     report.requests = sum(b.taken for b in buckets.values())
     report.throttle_wait_s = sum(b.waited_s for b in buckets.values())
     return report
+
+
+def _round_robin(jobs: list[tuple[Workspace, dict[str, Any]]]) -> list[tuple[Workspace, Any]]:
+    """Interleave subscriptions, so the pool spreads over every subscription's bucket instead
+    of draining one subscription's budget while the others wait."""
+    by_sub: dict[int, list[tuple[Workspace, Any]]] = {}
+    for job in jobs:
+        by_sub.setdefault(job[0].account_id, []).append(job)
+    lanes = list(by_sub.values())
+    return [job for round_ in itertools.zip_longest(*lanes) for job in round_ if job]
 
 
 def _read_workspace(
