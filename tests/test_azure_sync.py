@@ -181,3 +181,22 @@ def test_it_shows_the_sync_on_the_subscriptions_page(
     assert response["Location"] == job.get_absolute_url()
     assert len(callbacks) == 1  # enqueued once the job row is committed
     assert client_for(world.admin).post(reverse("azure_sync_start")).status_code == 403
+
+
+def test_it_shows_per_workspace_results_on_the_job_page(catalog):
+    from opsportal.inventory.sync import azure_sync_job_run
+    from tests.conftest import client_for
+    from tests.factories import UserFactory
+
+    job = Job.objects.create(kind="azure-sync", target_label="all Azure subscriptions")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs, broken=True)
+        azure_sync_job_run(job=job, credential=FakeCredential(), client_kwargs={"retry_total": 0})
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error.startswith("Some workspaces failed: ws-broken")
+    root = UserFactory(username="root@example.com", is_superuser=True, is_staff=True)
+    page = client_for(root).get(job.get_absolute_url()).content.decode()
+    assert "ws-good: 1 endpoints, 1 Marketplace subscriptions" in page
+    assert "ws-broken: FAILED: Azure failed (500)" in page
+    assert str(job.correlation_id) in page
+    assert 'hx-trigger="every 2s"' not in page  # finished: the page stops polling

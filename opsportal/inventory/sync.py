@@ -304,3 +304,39 @@ def _write_workspace(result: WorkspaceResult, report: SyncReport, now: Any) -> N
     report.lines.append(
         f"{workspace.name}: {len(names)} endpoints, {len(sub_names)} Marketplace subscriptions"
     )
+
+
+def azure_sync_job_run(
+    *, job: Any, credential: Any, how: str = "", client_kwargs: dict[str, Any] | None = None
+) -> SyncReport | None:
+    """One sync as a job: progress and a line per workspace in the job's log."""
+    from opsportal.jobs.services import JobRecorder
+
+    recorder = JobRecorder(job)
+    recorder.start()
+    recorder.step(
+        1, f"Signing in to Azure{f' ({how})' if how else ''}; correlation id {job.correlation_id}"
+    )
+    try:
+        report = inventory_sync_azure(
+            credential=credential,
+            subscription_ids=configured_subscription_ids(),
+            client_kwargs=client_kwargs,
+            progress=recorder.step,
+            correlation_id=str(job.correlation_id),
+        )
+    except ProviderError as exc:
+        recorder.finish(error=exc.message)
+        return None
+    for line in report.lines:
+        recorder.step(99, line)
+    recorder.step(
+        100,
+        f"{report.subscriptions} subscriptions, {report.workspaces_ok} "
+        f"workspaces synced, {len(report.workspaces_failed)} failed, "
+        f"{report.endpoints} endpoints, {report.marked_deleted} marked deleted, "
+        f"{report.requests} Azure requests",
+    )
+    failed = "; ".join(f"{name}: {err}" for name, err in report.workspaces_failed)
+    recorder.finish(error=f"Some workspaces failed: {failed}" if failed else "")
+    return report

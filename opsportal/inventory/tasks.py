@@ -1,51 +1,26 @@
 """Thin Celery tasks: load the job, call one service, record the outcome."""
 
-import logging
-
 from celery import shared_task
 
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, job_create
 
-log = logging.getLogger(__name__)
-
 
 @shared_task(acks_late=True)
 def azure_sync(job_id: int) -> None:
-    from opsportal.inventory.sync import configured_subscription_ids, inventory_sync_azure
+    from opsportal.inventory.sync import azure_sync_job_run
     from opsportal.providers.azure import azure_configuration, default_credential
-    from opsportal.providers.base import ProviderError
 
     job = Job.objects.filter(pk=job_id).first()
     if job is None or job.is_finished:
         return  # a redelivered message for a job that already ended
-    recorder = JobRecorder(job)
-    recorder.start()
     configured, how = azure_configuration()
     if not configured:
+        recorder = JobRecorder(job)
+        recorder.start()
         recorder.finish(error=how)
         return
-    recorder.step(1, f"Signing in to Azure ({how}); correlation id {job.correlation_id}")
-    try:
-        report = inventory_sync_azure(
-            credential=default_credential(),
-            subscription_ids=configured_subscription_ids(),
-            correlation_id=str(job.correlation_id),
-            progress=recorder.step,
-        )
-    except ProviderError as exc:
-        recorder.finish(error=exc.message)
-        return
-    for line in report.lines:
-        recorder.step(99, line)
-    summary = (
-        f"{report.subscriptions} subscriptions, {report.workspaces_ok} workspaces synced, "
-        f"{len(report.workspaces_failed)} failed, {report.endpoints} endpoints, "
-        f"{report.marked_deleted} marked deleted, {report.requests} Azure requests"
-    )
-    recorder.step(100, summary)
-    failed = "; ".join(f"{name}: {err}" for name, err in report.workspaces_failed)
-    recorder.finish(error=f"Some workspaces failed: {failed}" if failed else "")
+    azure_sync_job_run(job=job, credential=default_credential(), how=how)
 
 
 @shared_task
