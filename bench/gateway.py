@@ -21,22 +21,16 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-try:
-    import django
-except ImportError:
-    if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve():
-        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])  # noqa: S606
-    sys.exit("Run `make install` first (the bench uses the project's .venv).")
+import _venv
+import django
 
-sys.path.insert(0, str(ROOT))
+ROOT = _venv.ROOT
+
 VAR = ROOT / "var" / "bench" / "gateway"
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",

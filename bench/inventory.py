@@ -20,19 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
+import _venv
 
-try:
-    import django  # noqa: F401
-except ImportError:  # run with the system python: switch to the project's environment
-    if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve():
-        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])  # noqa: S606
-    sys.exit("Run `make install` first (the bench uses the project's .venv).")
-
-sys.path.insert(0, str(ROOT))
+ROOT = _venv.ROOT
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432")
 SIZES = {"large": (20, 500, 10_000), "small": (1, 2, 10)}
 

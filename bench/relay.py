@@ -21,20 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-try:
-    import django
-except ImportError:
-    if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve():
-        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])  # noqa: S606
-    sys.exit("Run `make install` first (the bench uses the project's .venv).")
+import _venv
+import django
+
+ROOT = _venv.ROOT
 
 import httpx  # noqa: E402  (after the switch to the project's environment)
 
-sys.path.insert(0, str(ROOT))
 from bench.gateway import PROMPTS, free_port  # noqa: E402
 
 VAR = ROOT / "var" / "bench" / "relay"

@@ -15,22 +15,15 @@ import copy
 import json
 import os
 import re
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-try:
-    import django
-except ImportError:
-    if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve():
-        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])  # noqa: S606
-    sys.exit("Run `make install` first (the bench uses the project's .venv).")
+import _venv
+import django
 
-sys.path.insert(0, str(ROOT))
+ROOT = _venv.ROOT
+
 FIXTURES = ROOT.parent / "shared" / "azure-fixtures"
 VAR = ROOT / "var" / "bench" / "sync"
 ARM = "https://management.azure.com"

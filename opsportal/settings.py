@@ -119,6 +119,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Tests run the runtime and relay on threads beside the test: a file in WAL mode, like the
+    # embedded run, so writers wait for each other instead of failing "table is locked" as an
+    # in-memory shared-cache database does.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-opsportal.sqlite3")}
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

@@ -63,6 +63,19 @@ def world(catalog) -> World:
     )
 
 
+# Debian's chromium as root, on a machine without outside network (see the env notes).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def client_for(user) -> Client:
     client = Client()
     client.force_login(user)

@@ -5,19 +5,10 @@ import pytest
 from django.urls import reverse
 
 from opsportal.inventory.models import Endpoint
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.factories import EndpointFactory, offering
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
@@ -28,7 +19,7 @@ def browser(monkeypatch):
     # ordinary blocking calls made between browser steps, never inside the loop.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        instance = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
 

@@ -13,32 +13,20 @@ MAX_N = 16
 MAX_LOGPROBS = 20
 
 COMMON = {"stream", "max_tokens", "temperature", "top_p", "ignore_eos", "model"}
+LLAMA = {
+    "n",
+    "stop",
+    "best_of",
+    "logprobs",
+    "presence_penalty",
+    "use_beam_search",
+    "stop_token_ids",
+    "skip_special_tokens",
+}
 ALLOWED = {
     ("mistral", "chat"): COMMON | {"messages", "safe_prompt"},
-    ("llama", "chat"): COMMON
-    | {
-        "messages",
-        "n",
-        "stop",
-        "best_of",
-        "logprobs",
-        "presence_penalty",
-        "use_beam_search",
-        "stop_token_ids",
-        "skip_special_tokens",
-    },
-    ("llama", "completions"): COMMON
-    | {
-        "prompt",
-        "n",
-        "stop",
-        "best_of",
-        "logprobs",
-        "presence_penalty",
-        "use_beam_search",
-        "stop_token_ids",
-        "skip_special_tokens",
-    },
+    ("llama", "chat"): COMMON | LLAMA | {"messages"},
+    ("llama", "completions"): COMMON | LLAMA | {"prompt"},
 }
 
 
