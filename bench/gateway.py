@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import httpx
 
 import _venv
-import django
 
 ROOT = _venv.ROOT
 
@@ -48,19 +47,7 @@ def free_port() -> int:
 
 
 def setup_django(port: int) -> None:
-    VAR.mkdir(parents=True, exist_ok=True)
-    os.environ.update(
-        {
-            "OPSPORTAL_VAR_DIR": str(VAR),
-            "DATABASE_URL": f"sqlite:///{VAR / 'gateway.sqlite3'}",
-            "OPSPORTAL_RUNTIME_PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    for name in ("OPSPORTAL_RUNTIME_URL", "OPSPORTAL_PRODUCTION", "CELERY_BROKER_URL"):
-        os.environ.pop(name, None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsportal.settings")
-    django.setup()
+    _venv.django_on_own_database(VAR, "gateway.sqlite3", OPSPORTAL_RUNTIME_PORT=str(port))
 
 
 def deploy() -> tuple[str, str, str]:

@@ -23,7 +23,6 @@ import sys
 import time
 
 import _venv
-import django
 
 ROOT = _venv.ROOT
 
@@ -35,19 +34,7 @@ VAR = ROOT / "var" / "bench" / "relay"
 
 
 def setup(runtime_port: int) -> None:
-    VAR.mkdir(parents=True, exist_ok=True)
-    os.environ.update(
-        {
-            "OPSPORTAL_VAR_DIR": str(VAR),
-            "DATABASE_URL": f"sqlite:///{VAR / 'relay.sqlite3'}",
-            "OPSPORTAL_RUNTIME_PORT": str(runtime_port),
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    for name in ("OPSPORTAL_RUNTIME_URL", "OPSPORTAL_PRODUCTION", "CELERY_BROKER_URL"):
-        os.environ.pop(name, None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsportal.settings")
-    django.setup()
+    _venv.django_on_own_database(VAR, "relay.sqlite3", OPSPORTAL_RUNTIME_PORT=str(runtime_port))
 
 
 def prepare() -> tuple[object, object, str, str]:

@@ -13,14 +13,12 @@ writes (SQLite under var/bench/sync). Prints a table, then one JSON line.
 import argparse
 import copy
 import json
-import os
 import re
 import threading
 import time
 from collections import Counter
 
 import _venv
-import django
 
 ROOT = _venv.ROOT
 
@@ -138,14 +136,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     args = parser.parse_args()
 
-    VAR.mkdir(parents=True, exist_ok=True)
-    db = VAR / "sync.sqlite3"
-    db.unlink(missing_ok=True)
-    os.environ.update(
-        {"OPSPORTAL_VAR_DIR": str(VAR), "DATABASE_URL": f"sqlite:///{db}", "LOG_LEVEL": "ERROR"}
-    )
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsportal.settings")
-    django.setup()
+    (VAR / "sync.sqlite3").unlink(missing_ok=True)  # every run syncs into an empty database
+    _venv.django_on_own_database(VAR, "sync.sqlite3", LOG_LEVEL="ERROR")
     import responses
     from django.core.management import call_command
 
