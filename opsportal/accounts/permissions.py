@@ -52,6 +52,16 @@ def has_role(user: User, team: Team | int | None, role: str) -> bool:
     return held is not None and ROLE_RANK[Role(held)] >= ROLE_RANK[Role(role)]
 
 
+def team_ids_with_role(user: User, role: str) -> set[int] | None:
+    """Teams on which the user holds `role` or better, in one query; None means all teams."""
+    if user.is_superuser:
+        return None
+    roles = [r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[Role(role)]]
+    return set(
+        Membership.objects.filter(user=user, role__in=roles).values_list("team_id", flat=True)
+    )
+
+
 def require_role(user: User, team: Team | int | None, role: str) -> None:
     if not has_role(user, team, role):
         raise PermissionDenied(f"This needs the {role} role on the owning team.")

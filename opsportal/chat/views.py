@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from opsportal.accounts.models import Role
-from opsportal.accounts.permissions import has_role, mutation, require_role
+from opsportal.accounts.permissions import has_role, mutation, require_role, team_ids_with_role
 from opsportal.chat import services
 from opsportal.chat.forms import ChatForm
 from opsportal.chat.models import ChatTurn
@@ -112,7 +112,8 @@ def _chat_endpoints(request: HttpRequest, *, operator_only: bool = True) -> list
     )
     if not operator_only:
         return list(candidates)
-    return [e for e in candidates if has_role(request.user, e.workspace.team_id, Role.OPERATOR)]
+    teams = team_ids_with_role(request.user, Role.OPERATOR)
+    return [e for e in candidates if teams is None or e.workspace.team_id in teams]
 
 
 @require_GET

@@ -181,12 +181,13 @@ def inventory_sync_azure(
     done = 0
     jobs = _round_robin(jobs)
     slugs = offering_slugs_by_model()
+    catalog = list(Offering.objects.exclude(registry_model_id=""))  # read once per sync
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         futures = [pool.submit(_read_workspace, ws, credential, kw, slugs) for ws, kw in jobs]
         for future in as_completed(futures):
             result = future.result()
             done += 1
-            _write_workspace(result, report, now)
+            _write_workspace(result, report, now, catalog)
             counts = f"{len(result.endpoints)} endpoints, {len(result.subscriptions)} subscriptions"
             say(5 + int(90 * done / max(1, len(jobs))), f"{result.name}: {result.error or counts}")
     report.requests = sum(b.taken for b in buckets.values())
@@ -223,19 +224,18 @@ def _read_workspace(
     return result
 
 
-def _offerings_by_model() -> dict[str, Offering]:
-    return {o.registry_model_id.lower(): o for o in Offering.objects.exclude(registry_model_id="")}
-
-
 @transaction.atomic
-def _write_workspace(result: WorkspaceResult, report: SyncReport, now: Any) -> None:
+def _write_workspace(
+    result: WorkspaceResult, report: SyncReport, now: Any, catalog: list[Offering]
+) -> None:
     workspace = Workspace.objects.get(pk=result.workspace_id)
     if result.error:
         Workspace.objects.filter(pk=workspace.pk).update(sync_error=result.error)
         report.workspaces_failed.append((workspace.name, result.error))
         report.lines.append(f"{workspace.name}: FAILED: {result.error}")
         return
-    offerings = _offerings_by_model()
+    offerings = {o.registry_model_id.lower(): o for o in catalog}
+    by_slug = {o.slug: o for o in catalog}
     sub_names = []
     for s in result.subscriptions:
         offering = offerings.get(s.model_id.lower())
@@ -262,7 +262,7 @@ def _write_workspace(result: WorkspaceResult, report: SyncReport, now: Any) -> N
     names = []
     for e in result.endpoints:
         names.append(e.name)
-        offering = next((o for o in offerings.values() if o.slug == e.offering_slug), None)
+        offering = by_slug.get(e.offering_slug)
         endpoint, _ = Endpoint.objects.update_or_create(
             workspace=workspace,
             name=e.name,

@@ -197,6 +197,8 @@ class Runtime:
                 scoring_uri=uri,
                 updated_at=timezone.now(),
             )
+        if ep.kind != Endpoint.Kind.MANAGED:
+            return  # serverless endpoints have no deployments: no queries on every pass
         deployment_state = ProvisioningState.FAILED if errors else ProvisioningState.SUCCEEDED
         ManagedDeployment.objects.filter(endpoint=ep, deleted_at__isnull=True).exclude(
             state__in=[deployment_state, ProvisioningState.DELETING]
