@@ -71,6 +71,8 @@ INSTALLED_APPS = [
     "opsportal.jobs",
     "opsportal.runtime",
     "opsportal.chat",
+    "opsportal.deployments",
+    "opsportal.keys",
 ]
 
 MIDDLEWARE = [
@@ -205,6 +207,9 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "heartbeat": {"task": "opsportal.core.tasks.heartbeat", "schedule": 60.0},
+    # Jobs whose worker died are queued again; key rotations whose schedule is due start.
+    "jobs-reap": {"task": "opsportal.jobs.tasks.jobs_reap_scheduled", "schedule": 60.0},
+    "rotations-due": {"task": "opsportal.jobs.tasks.rotations_due", "schedule": 60.0},
     # A no-op unless Azure is configured (see opsportal.providers.azure.azure_configuration).
     "azure-sync": {
         "task": "opsportal.inventory.tasks.azure_sync_scheduled",
@@ -237,3 +242,17 @@ OPSPORTAL_RUNTIME_PORT = int(os.environ.get("OPSPORTAL_RUNTIME_PORT", "8001"))
 OPSPORTAL_RUNTIME_URL = os.environ.get(
     "OPSPORTAL_RUNTIME_URL", f"http://{OPSPORTAL_RUNTIME_HOST}:{OPSPORTAL_RUNTIME_PORT}"
 )
+
+# Jobs: transient provider errors are retried this many times with exponential back-off; a
+# running job whose heartbeat is older than the stale limit is presumed lost and queued again.
+OPSPORTAL_JOB_RETRIES = int(os.environ.get("OPSPORTAL_JOB_RETRIES", "4"))
+OPSPORTAL_JOB_BACKOFF_SECONDS = float(os.environ.get("OPSPORTAL_JOB_BACKOFF_SECONDS", "2"))
+OPSPORTAL_JOB_HEARTBEAT_SECONDS = float(os.environ.get("OPSPORTAL_JOB_HEARTBEAT_SECONDS", "15"))
+OPSPORTAL_JOB_STALE_SECONDS = float(os.environ.get("OPSPORTAL_JOB_STALE_SECONDS", "120"))
+OPSPORTAL_JOB_MAX_ATTEMPTS = int(os.environ.get("OPSPORTAL_JOB_MAX_ATTEMPTS", "3"))
+OPSPORTAL_JOB_POLL_SECONDS = float(os.environ.get("OPSPORTAL_JOB_POLL_SECONDS", "2"))
+OPSPORTAL_DEPLOY_TIMEOUT = float(os.environ.get("OPSPORTAL_DEPLOY_TIMEOUT", "3600"))
+# The smoke test and rotation's key check: one short chat call each.
+OPSPORTAL_PROBE_TIMEOUT = float(os.environ.get("OPSPORTAL_PROBE_TIMEOUT", "60"))
+# Optional Azure Key Vault for published endpoint keys (https://<vault>.vault.azure.net).
+OPSPORTAL_KEYVAULT_URL = os.environ.get("OPSPORTAL_KEYVAULT_URL", "").strip()

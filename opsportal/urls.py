@@ -5,8 +5,10 @@ from django.urls import path
 from opsportal.accounts import views as accounts
 from opsportal.chat import views as chat
 from opsportal.core import views as core
+from opsportal.deployments import views as deployments
 from opsportal.inventory import views as inventory
 from opsportal.jobs import views as jobs
+from opsportal.keys import views as keys
 
 urlpatterns = [
     path("", core.dashboard, name="dashboard"),
@@ -45,7 +47,23 @@ urlpatterns = [
     path("chat/turns/<int:turn_id>/stream/", chat.turn_stream, name="chat_turn_stream"),
     path("chat/compare/", chat.compare, name="chat_compare"),
     path("chat/compare/run/", chat.compare_create, name="chat_compare_create"),
+    path("deploy/", deployments.deploy_new, name="deploy_new"),
+    path("deploy/preflight/", deployments.deploy_preflight, name="deploy_preflight"),
+    path("deploy/start/", deployments.deploy_create, name="deploy_create"),
+    path(
+        "endpoints/<int:pk>/delete/",
+        deployments.endpoint_delete_confirm,
+        name="endpoint_delete_confirm",
+    ),
+    path("endpoints/<int:pk>/delete/start/", deployments.endpoint_delete, name="endpoint_delete"),
+    path("endpoints/<int:pk>/keys/rotate/", keys.key_rotate, name="key_rotate"),
+    path("endpoints/<int:pk>/keys/schedule/", keys.key_schedule, name="key_schedule"),
+    path("endpoints/<int:pk>/keys/reveal/", keys.key_reveal_view, name="key_reveal"),
+    path("endpoints/rotate-keys/", keys.keys_rotate_bulk, name="keys_rotate_bulk"),
     path("jobs/", jobs.jobs_list, name="jobs"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
+    path("jobs/<int:pk>/retry/", jobs.job_retry_view, name="job_retry"),
+    path("audit/", jobs.audit_list, name="audit"),
     path("admin/", admin.site.urls),
 ]

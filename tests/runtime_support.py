@@ -65,8 +65,8 @@ class RunningRuntime:
         raise AssertionError(f"{name} did not reach {state} in {timeout}s")
 
 
-def start_runtime(settings) -> tuple[RunningRuntime, callable]:
-    port = free_port()
+def start_runtime(settings, port: int | None = None) -> tuple[RunningRuntime, callable]:
+    port = port or free_port()
     settings.OPSPORTAL_RUNTIME_URL = f"http://127.0.0.1:{port}"
     runtime, meter = Runtime(), Meter(interval=0.1)
     meter.start()

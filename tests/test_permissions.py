@@ -2,6 +2,8 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from opsportal.accounts.models import Membership, Role
+from opsportal.jobs.models import AuditEvent, Job
+from opsportal.keys.models import RotationSchedule, SecretVersion
 from tests.conftest import client_for
 from tests.factories import MembershipFactory, UserFactory
 
@@ -25,6 +27,12 @@ def mutation_url_names() -> set[str]:
 
 def mutation_urls(world) -> dict[str, str]:
     membership = Membership.objects.get(user=world.operator, team=world.team_a)
+    job = Job.objects.get_or_create(
+        kind="deploy",
+        workspace=world.ws_a,
+        target_label="perm-test",
+        defaults={"status": Job.Status.FAILED, "params": {"name": "perm-test"}},
+    )[0]
     return {
         "member_add": reverse("member_add", args=[world.team_a.slug]),
         "member_update": reverse("member_update", args=[world.team_a.slug, membership.pk]),
@@ -33,6 +41,14 @@ def mutation_urls(world) -> dict[str, str]:
         "chat_clear": reverse("chat_clear", args=[world.endpoint_a.pk]),
         "chat_compare_create": reverse("chat_compare_create"),
         "azure_sync_start": reverse("azure_sync_start"),
+        "deploy_create": reverse("deploy_create"),
+        "endpoint_delete": reverse("endpoint_delete", args=[world.endpoint_a.pk]),
+        "key_rotate": reverse("key_rotate", args=[world.endpoint_a.pk]),
+        "key_schedule": reverse("key_schedule", args=[world.endpoint_a.pk]),
+        "key_reveal": reverse("key_reveal", args=[world.endpoint_a.pk]),
+        "keys_rotate_bulk": reverse("keys_rotate_bulk"),
+        "job_cancel": reverse("job_cancel", args=[job.pk]),
+        "job_retry": reverse("job_retry", args=[job.pk]),
     }
 
 
@@ -53,10 +69,26 @@ def test_it_forbids_every_mutation_to_a_viewer(world):
                 "message": "hi",
                 "left": world.endpoint_a.pk,
                 "right": world.endpoint_a.pk,
+                "workspace": world.ws_a.pk,
+                "endpoint": world.endpoint_a.pk,
+                "confirm": world.endpoint_a.name,
+                "slot": "primary",
+                "every_days": 3,
             },
         )
         assert response.status_code == 403, name
     assert list(Membership.objects.order_by("pk").values_list("pk", "role")) == before
+    # Nothing was started, scheduled, revealed or cancelled.
+    assert list(Job.objects.values_list("kind", "status")) == [("deploy", "failed")]
+    assert not RotationSchedule.objects.exists() and not SecretVersion.objects.exists()
+    assert not AuditEvent.objects.exists()
+
+
+def test_it_lets_an_operator_rotate_but_only_an_admin_reveal(world):
+    client = client_for(world.operator)
+    url = reverse("key_reveal", args=[world.endpoint_a.pk])
+    assert client.post(url, {"slot": "primary"}).status_code == 403
+    assert not AuditEvent.objects.filter(action="key.reveal").exists()
 
 
 def test_it_forbids_member_management_to_an_operator(world):

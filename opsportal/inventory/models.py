@@ -346,3 +346,54 @@ class ManagedDeployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint.name}/{self.name}"
+
+
+class VmSize(models.Model):
+    """A VM size offered for managed compute in a region, as the provider last reported it."""
+
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="vm_sizes")
+    region = models.CharField(max_length=40)
+    name = models.CharField(max_length=64)
+    cores = models.PositiveIntegerField()
+    family = models.CharField(max_length=100)
+    memory_gb = models.FloatField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["region", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "region", "name"], name="vm_size_unique_in_region"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.region})"
+
+
+class ComputeQuota(models.Model):
+    """VM core usage against the limit, per subscription, region and VM family."""
+
+    account = models.ForeignKey(
+        CloudAccount, on_delete=models.CASCADE, related_name="compute_quotas"
+    )
+    region = models.CharField(max_length=40)
+    family = models.CharField(max_length=100)
+    used = models.PositiveIntegerField()
+    limit = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["region", "family"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "region", "family"], name="compute_quota_unique_family"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.family} in {self.region}: {self.used}/{self.limit}"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.used / self.limit if self.limit else 0.0

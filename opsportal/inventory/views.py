@@ -196,6 +196,10 @@ def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
         from opsportal.chat.views import tab_context
 
         context.update(tab_context(request, endpoint))
+    elif tab == "keys":
+        from opsportal.keys.views import keys_context
+
+        context.update(keys_context(request, endpoint))
     elif tab == "usage":
         context["requests"] = endpoint.usage_records.order_by("-created_at", "-pk")[:50]
     return partial_or_page(request, "inventory/endpoint_detail.html", "tab", context)

@@ -31,6 +31,16 @@ class Job(models.Model):
         "inventory.Endpoint", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
     )
     target_label = models.CharField(max_length=200, blank=True)
+    # What the job was asked to do, never a secret: a retry or a resume runs from these.
+    params = models.JSONField(default=dict, blank=True)
+    # Steps already done, so a re-run after a lost worker continues instead of repeating them.
+    state = models.JSONField(default=dict, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )
@@ -41,7 +51,11 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["-created_at"]), models.Index(fields=["status"])]
+        indexes = [
+            models.Index(fields=["-created_at"]),
+            models.Index(fields=["status"]),
+            models.Index(fields=["kind", "-created_at"]),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(progress__lte=100), name="job_progress_range"
@@ -57,3 +71,50 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def can_cancel(self) -> bool:
+        return not self.is_finished and not self.cancel_requested
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (self.Status.FAILED, self.Status.CANCELLED) and bool(self.params)
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object, when, with what result; never a secret."""
+
+    class Result(models.TextChoices):
+        OK = "ok", "Succeeded"
+        FAILED = "failed", "Failed"
+        DENIED = "denied", "Denied"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    # Kept as text too: the event outlives the user, and scheduled work has no user.
+    actor_label = models.CharField(max_length=200)
+    action = models.CharField(max_length=60, db_index=True)
+    object_type = models.CharField(max_length=40)
+    object_label = models.CharField(max_length=300)
+    workspace = models.ForeignKey(
+        "inventory.Workspace", on_delete=models.SET_NULL, null=True, blank=True
+    )
+    endpoint = models.ForeignKey(
+        "inventory.Endpoint",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+    )
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True)
+    result = models.CharField(max_length=10, choices=Result.choices, default=Result.OK)
+    detail = models.TextField(blank=True)
+    correlation_id = models.UUIDField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.object_label}"

@@ -2,7 +2,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 
 from opsportal.accounts.permissions import team_ids_for
-from opsportal.jobs.models import Job
+from opsportal.jobs.models import AuditEvent, Job
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -17,3 +17,12 @@ def visible_jobs(user: User) -> QuerySet[Job]:
 
 def recent_jobs(user: User, *, limit: int = 10) -> QuerySet[Job]:
     return visible_jobs(user)[:limit]
+
+
+def visible_audit_events(user: User) -> QuerySet[AuditEvent]:
+    """Events on workspaces the user sees; events with no workspace only to superusers and
+    to the person who acted."""
+    qs = AuditEvent.objects.select_related("actor", "endpoint", "job")
+    if user.is_superuser:
+        return qs
+    return qs.filter(Q(workspace__team_id__in=team_ids_for(user)) | Q(actor=user))

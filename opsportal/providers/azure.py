@@ -58,6 +58,11 @@ NEEDS = {
 QUOTA_CODES = {"QuotaExceeded", "InsufficientQuota", "OutOfQuota", "QuotaLimitExceeded"}
 
 
+# Extra keyword arguments for every Azure client the providers build (the contract tests set
+# retry_total=0 and polling_interval=0 here, so the jobs' own retry is what they exercise).
+CLIENT_DEFAULTS: dict[str, Any] = {}
+
+
 def azure_configuration() -> tuple[bool, str]:
     """Whether any credential source is set up (without asking Azure)."""
     if os.environ.get("AZURE_CLIENT_ID") and os.environ.get("AZURE_TENANT_ID"):
@@ -268,17 +273,27 @@ class AzureProvider:
         credential: Any = None,
         client_kwargs: dict[str, Any] | None = None,
         offering_slugs: dict[str, str] | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         """`offering_slugs` (registry model id, lower case -> offering slug) lets callers on
         worker threads avoid the database; by default it is read from the catalog."""
         self.workspace = workspace
         self._slugs = offering_slugs
+        kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {})}
+        if correlation_id:
+            # Azure's client request id on every call, so ARM's logs match the job's.
+            from azure.core.pipeline.policies import HeadersPolicy
+
+            kwargs["per_call_policies"] = [
+                *kwargs.get("per_call_policies", []),
+                HeadersPolicy({"x-ms-client-request-id": correlation_id}),
+            ]
         self.ml = ml_client(
             credential or default_credential(),
             workspace.account.subscription_id,
             workspace.resource_group,
             workspace.name,
-            **(client_kwargs or {}),
+            **kwargs,
         )
 
     def _call(self, action: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -41,7 +41,9 @@ def register(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]
     return decorate
 
 
-def for_workspace(workspace: Any) -> Any:
+def for_workspace(workspace: Any, **options: Any) -> Any:
+    """The back end of a workspace. `options` (e.g. correlation_id) go to the back end, which
+    ignores what it has no use for."""
     if workspace.provider not in _FACTORIES:
         # Back ends register when their module is imported; import on first use, so a process
         # that never talks to Azure never loads the Azure SDK.
@@ -55,7 +57,7 @@ def for_workspace(workspace: Any) -> Any:
             "in this version of the console.",
             code="ProviderUnavailable",
         ) from None
-    return factory(workspace)
+    return factory(workspace, **options)
 
 
 # --- what providers take and return ----------------------------------------------------------

@@ -68,7 +68,7 @@ def _info(ep: Endpoint) -> EndpointInfo:
 
 @register(Provider.LOCAL)
 class LocalProvider:
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, **options: object) -> None:
         if workspace.provider != Provider.LOCAL:
             raise ProviderError(f"{workspace.name} is not a local workspace.")
         self.workspace = workspace

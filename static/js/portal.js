@@ -5,3 +5,19 @@ document.addEventListener("htmx:configRequest", (event) => {
     if (value === "") delete event.detail.parameters[name];
   }
 });
+
+// Revealed keys: copy to the clipboard, hide again. The key is never put anywhere else.
+document.addEventListener("click", (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    const input = document.querySelector(copy.dataset.copy);
+    if (input) {
+      input.select();
+      const done = () => { copy.textContent = "Copied"; setTimeout(() => (copy.textContent = "Copy"), 1500); };
+      if (navigator.clipboard) navigator.clipboard.writeText(input.value).then(done, () => document.execCommand("copy") && done());
+      else if (document.execCommand("copy")) done();
+    }
+  }
+  const hide = event.target.closest("[data-hide]");
+  if (hide) document.querySelector(hide.dataset.hide)?.remove();
+});

@@ -1,0 +1,79 @@
+"""One short, real chat call to an endpoint: the deploy job's smoke test and rotation's check
+that a new key works. The key goes into the request header and nowhere else."""
+
+import time
+from dataclasses import dataclass
+
+import requests
+from django.conf import settings
+
+from opsportal.providers.base import ProviderError
+
+CHAT_ROUTE = "/v1/chat/completions"
+PROBE_BODY = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    status: int
+    ms: float
+    text: str
+
+
+def probe_url(scoring_uri: str, routes: list[str] | None = None) -> str:
+    if scoring_uri.rstrip("/").endswith("/score"):
+        return scoring_uri  # a managed online endpoint's scoring route
+    routes = routes or [CHAT_ROUTE]
+    route = CHAT_ROUTE if CHAT_ROUTE in routes else routes[0]
+    return scoring_uri.rstrip("/") + route
+
+
+def endpoint_probe(*, scoring_uri: str, key: str, routes: list[str] | None = None) -> ProbeResult:
+    """Raises ProviderError in plain words; retryable when waiting can help."""
+    url = probe_url(scoring_uri, routes)
+    started = time.monotonic()
+    try:
+        response = requests.post(
+            url,
+            json=PROBE_BODY,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=settings.OPSPORTAL_PROBE_TIMEOUT,
+        )
+    except requests.RequestException as exc:
+        raise ProviderError(
+            f"The endpoint at {url} did not answer ({type(exc).__name__}).",
+            retryable=True,
+            code="Unreachable",
+        ) from None
+    ms = (time.monotonic() - started) * 1000
+    if response.status_code == 200:
+        try:
+            choice = response.json()["choices"][0]
+            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ProviderError(
+                f"The endpoint answered 200 but not in the chat completions shape ({url}).",
+                code="BadResponse",
+            ) from None
+        return ProbeResult(200, ms, text.strip()[:80])
+    try:
+        detail = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        detail = response.text[:200].strip()
+    if response.status_code in (401, 403):
+        raise ProviderError(
+            f"The endpoint refused the key ({response.status_code}).",
+            retryable=True,  # a regenerated key can take a moment to reach every replica
+            code="Unauthorized",
+        )
+    if response.status_code == 429 or response.status_code >= 500:
+        retry_after = response.headers.get("Retry-After")
+        raise ProviderError(
+            f"The endpoint answered {response.status_code}: {detail}",
+            retryable=True,
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            code=str(response.status_code),
+        )
+    raise ProviderError(
+        f"The endpoint answered {response.status_code}: {detail}", code=str(response.status_code)
+    )
