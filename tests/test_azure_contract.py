@@ -432,13 +432,24 @@ def test_it_reads_core_usage_around_the_sdk_defect(arm, workspace):
         json=without_next_link(example("quota/Usages_List.json")),
     )
     usage = provider(workspace).core_usage()
-    first = example("quota/Usages_List.json")["value"][0]
+    # The subscription's dedicated cores per VM family, named as the VM sizes name families;
+    # workspace- and compute-scoped rows, totals and low-priority quotas are left out.
+    families = [
+        u
+        for u in example("quota/Usages_List.json")["value"]
+        if u["type"].endswith("vmFamily/usages") and "LowPriority" not in u["name"]["value"]
+    ]
+    assert len(usage) == len(families) == 10
     assert usage[0] == CoreUsage(
         region="eastus2",
-        family=first["name"]["value"],
-        used=first["currentValue"],
-        limit=first["limit"],
+        family="standardDFamily",
+        used=families[0]["currentValue"],
+        limit=families[0]["limit"],
     )
+    nc = next(u for u in usage if u.family == "standardNCFamily")
+    assert (nc.used, nc.limit) == (12, 24)
+    sizes = {s["family"] for s in example("quota/VirtualMachineSizes_List.json")["value"]}
+    assert "standardDSv2Family" in sizes & {u.family for u in usage}
     assert api_version(arm.calls[0]) == "2023-08-01-preview"
 
 

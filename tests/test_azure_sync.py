@@ -6,7 +6,14 @@ import pytest
 import responses
 from django.urls import reverse
 
-from opsportal.inventory.models import CloudAccount, Endpoint, MarketplaceSubscription, Workspace
+from opsportal.inventory.models import (
+    CloudAccount,
+    ComputeQuota,
+    Endpoint,
+    MarketplaceSubscription,
+    VmSize,
+    Workspace,
+)
 from opsportal.inventory.sync import TokenBucket, inventory_sync_azure
 from opsportal.jobs.models import Job
 from tests.azure_support import ARM, SUB, FakeCredential, example, url, without_next_link
@@ -66,6 +73,15 @@ def canned_arm(rs, *, endpoints=("llama-chat",), broken=False) -> None:
         serverless["value"].append(e)
     rs.add(responses.GET, url(f"{good}/serverlessEndpoints"), json=serverless)
     rs.add(responses.GET, url(f"{good}/onlineEndpoints"), json={"value": []})
+    loc = f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/locations/eastus2"
+    rs.add(
+        responses.GET,
+        url(f"{loc}/usages"),
+        json=without_next_link(example("quota/Usages_List.json")),
+    )
+    rs.add(
+        responses.GET, url(f"{loc}/vmSizes"), json=example("quota/VirtualMachineSizes_List.json")
+    )
     status = 500 if broken else 200
     bad = ws_path("rg1", "ws-broken")
     for path in ("marketplaceSubscriptions", "serverlessEndpoints", "onlineEndpoints"):
@@ -88,6 +104,7 @@ def test_it_pulls_everything_and_records_a_failing_workspace(catalog):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
         canned_arm(rs, broken=True)
         report = sync()
+        rs_calls = list(rs.calls)
     account = CloudAccount.objects.get(subscription_id=SUB)
     assert (account.display_name, account.tenant_id, account.status) == ("Contoso", "t1", "ok")
     assert set(Workspace.objects.values_list("name", flat=True)) == {"ws-good", "ws-broken"}
@@ -108,6 +125,14 @@ def test_it_pulls_everything_and_records_a_failing_workspace(catalog):
     assert name == "ws-broken" and "Azure failed (500)" in error
     assert "Azure failed (500)" in Workspace.objects.get(name="ws-broken").sync_error
     assert Workspace.objects.get(name="ws-good").last_sync_at is not None
+    # VM sizes and core quota of the region, read once for both workspaces, for the pre-flight.
+    size = example("quota/VirtualMachineSizes_List.json")["value"][0]
+    stored = VmSize.objects.get(account=account, region="eastus2", name=size["name"])
+    assert (stored.cores, stored.family) == (size["vCPUs"], size["family"])
+    quota = ComputeQuota.objects.get(account=account, region="eastus2", family="standardNCFamily")
+    assert (quota.used, quota.limit) == (12, 24)  # the subscription's NC family, as published
+    assert ComputeQuota.objects.filter(account=account).count() == 10
+    assert sum("/usages" in c.request.url for c in rs_calls) == 1
 
 
 @pytest.mark.production_path

@@ -3,126 +3,35 @@ runtime with the real model), each in its own process, on a database of its own.
 
 import json
 import os
-import signal
-import sqlite3
 import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS
-from tests.runtime_support import free_port
+from tests.stack_support import Stack, logged_in_page, running_stack
 
 pytestmark = pytest.mark.browser
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN, PASSWORD = "chat-admin@example.com", "browser-test-password"
 
 
 @dataclass
-class Stack:
-    url: str
-    var: Path
-    env: dict[str, str]
-    keys: tuple[str, str]
-
-    def usage_statuses(self) -> list[int]:
-        with sqlite3.connect(self.var / "opsportal.sqlite3") as db:
-            return [r[0] for r in db.execute("SELECT status_code FROM runtime_usagerecord")]
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+class ChatStack(Stack):
+    keys: tuple[str, str] = ("", "")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    var = tmp_path_factory.mktemp("stack")
-    web, runtime = free_port(), free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in {
-            "DATABASE_URL",
-            "CELERY_BROKER_URL",
-            "CELERY_RESULT_BACKEND",
-            "DJANGO_ALLOW_ASYNC_UNSAFE",
-        }
-    }
-    env.update(
-        {
-            "OPSPORTAL_VAR_DIR": str(var),
-            "OPSPORTAL_RUNTIME_PORT": str(runtime),
-            "OPSPORTAL_ADMIN_EMAIL": ADMIN,
-            "OPSPORTAL_ADMIN_PASSWORD": PASSWORD,
-        }
-    )
-    manage(env, "migrate", "-v0")
-    manage(env, "bootstrap")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "runstack",
-            "--port",
-            str(web),
-            "--runtime-port",
-            str(runtime),
-            "--concurrency",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{web}/readyz", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
-        manage(env, "local_endpoint", "create", "browser-smol", "--accept-licence")
-        keys = manage(env, "local_endpoint", "keys", "browser-smol").split()
-        yield Stack(f"http://127.0.0.1:{web}", var, env, (keys[1], keys[3]))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_stack(tmp_path_factory.mktemp("stack")) as base:
+        base.manage("local_endpoint", "create", "browser-smol", "--accept-licence")
+        keys = base.manage("local_endpoint", "keys", "browser-smol").split()
+        yield ChatStack(base.url, base.var, base.env, (keys[1], keys[3]))
 
 
 @pytest.fixture
 def page(stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(accept_downloads=True)
-        page = context.new_page()
-        page.goto(f"{stack.url}/login/")
-        page.fill("#id_username", ADMIN)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{stack.url}/")
+    with logged_in_page(stack) as page:
         yield page
-        browser.close()
 
 
 def open_chat(page, stack) -> None:

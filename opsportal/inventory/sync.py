@@ -23,11 +23,13 @@ from django.utils import timezone
 
 from opsportal.inventory.models import (
     CloudAccount,
+    ComputeQuota,
     Endpoint,
     ManagedDeployment,
     MarketplaceSubscription,
     Offering,
     Provider,
+    VmSize,
     Workspace,
 )
 from opsportal.providers.azure import (
@@ -182,8 +184,16 @@ def inventory_sync_azure(
     jobs = _round_robin(jobs)
     slugs = offering_slugs_by_model()
     catalog = list(Offering.objects.exclude(registry_model_id=""))  # read once per sync
+    # VM sizes and core quota are per subscription and region: read once per pair, through the
+    # first workspace there (the deploy wizard's pre-flight reads them from the database).
+    regions: dict[tuple[int, str], tuple[Workspace, dict[str, Any]]] = {}
+    for ws, kw in jobs:
+        regions.setdefault((ws.account_id, ws.region), (ws, kw))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        compute = [pool.submit(_read_compute, ws, credential, kw) for ws, kw in regions.values()]
         futures = [pool.submit(_read_workspace, ws, credential, kw, slugs) for ws, kw in jobs]
+        for future in as_completed(compute):
+            _write_compute(future.result(), report)
         for future in as_completed(futures):
             result = future.result()
             done += 1
@@ -222,6 +232,56 @@ def _read_workspace(
         log.exception("reading workspace %s failed", workspace.name)
         result.error = f"Unexpected error: {type(exc).__name__}"
     return result
+
+
+@dataclass
+class ComputeResult:
+    account_id: int
+    region: str
+    sizes: list[Any] = field(default_factory=list)
+    usage: list[Any] = field(default_factory=list)
+    error: str = ""
+
+
+def _read_compute(workspace: Workspace, credential: Any, kwargs: dict[str, Any]) -> ComputeResult:
+    """Runs on a worker thread: Azure reads only."""
+    result = ComputeResult(workspace.account_id, workspace.region)
+    try:
+        provider = AzureProvider(
+            workspace, credential=credential, client_kwargs=kwargs, offering_slugs={}
+        )
+        result.sizes = provider.instance_types()
+        result.usage = provider.core_usage()
+    except ProviderError as exc:
+        result.error = exc.message
+    except Exception as exc:
+        log.exception("reading compute of %s failed", workspace.region)
+        result.error = f"Unexpected error: {type(exc).__name__}"
+    return result
+
+
+@transaction.atomic
+def _write_compute(result: ComputeResult, report: SyncReport) -> None:
+    if result.error:
+        report.lines.append(f"VM sizes and core quota of {result.region}: {result.error}")
+        return
+    for size in result.sizes:
+        VmSize.objects.update_or_create(
+            account_id=result.account_id,
+            region=result.region,
+            name=size.name,
+            defaults={"cores": size.cores, "family": size.family, "memory_gb": size.memory_gb},
+        )
+    for usage in result.usage:
+        ComputeQuota.objects.update_or_create(
+            account_id=result.account_id,
+            region=result.region,
+            family=usage.family,
+            defaults={"used": max(0, usage.used), "limit": max(0, usage.limit)},
+        )
+    report.lines.append(
+        f"{result.region}: {len(result.sizes)} VM sizes, {len(result.usage)} core quotas"
+    )
 
 
 @transaction.atomic

@@ -10,6 +10,7 @@ Three SDK defects of azure-ai-ml 1.35.x are worked around, each in one marked pl
 
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,14 @@ NEEDS = {
     "read": "Reading needs at least the Reader role on the subscription or workspace.",
 }
 QUOTA_CODES = {"QuotaExceeded", "InsufficientQuota", "OutOfQuota", "QuotaLimitExceeded"}
+
+
+def vm_family_key(name: str) -> str:
+    """A quota's family in the VM sizes' spelling: "Standard NC Family Cluster Dedicated vCPUs"
+    and size family "standardNCFamily" are the same cores."""
+    base = re.sub(r"\s+Cluster\s+Dedicated\s+vCPUs$|\s+Dedicated\s+vCPUs$", "", name.strip())
+    compact = base.replace(" ", "")
+    return compact[:1].lower() + compact[1:]
 
 
 # Extra keyword arguments for every Azure client the providers build (the contract tests set
@@ -603,10 +612,16 @@ class AzureProvider:
                 limit = usage.limit if usage.limit is not None else raw.get("limit", 0)
                 name = raw.get("name")
                 family = name.get("value") if isinstance(name, dict) else str(name or "")
+                scope = str(raw.get("type") or getattr(usage, "type", "") or "")
+                # The list mixes scopes (subscription VM family, workspace, compute) and
+                # low-priority quotas; a deployment draws on the subscription's dedicated cores
+                # of its VM family in the region.
+                if not scope.endswith("vmFamily/usages") or "LowPriority" in family:
+                    continue
                 out.append(
                     CoreUsage(
                         region=self.workspace.region,
-                        family=family,
+                        family=vm_family_key(family),
                         used=int(current or 0),
                         limit=int(limit or 0),
                     )

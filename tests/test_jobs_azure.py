@@ -1,0 +1,345 @@
+"""The deploy, rotation and delete jobs on an Azure workspace: the same job code as on the local
+runtime, through the Azure provider and the SDK's real HTTP pipeline, answered with Azure's
+published examples (tests/azure_support.py lists the adaptations). The endpoint's own data plane
+answers the smoke test and the key checks in the seed's chat completions shape."""
+
+import copy
+import json
+
+import pytest
+import responses
+
+from opsportal.inventory.models import CloudAccount, Endpoint, MarketplaceSubscription, Workspace
+from opsportal.jobs.models import AuditEvent, Job
+from opsportal.jobs.services import job_execute
+from opsportal.keys.models import SecretVersion
+from opsportal.keys.store import secret_value
+from opsportal.providers import azure as azure_provider
+from tests.azure_support import (
+    LOC,
+    RG,
+    SUB,
+    WS,
+    FakeCredential,
+    W,
+    body_of,
+    calls_to,
+    example,
+    url,
+    without_next_link,
+)
+from tests.factories import offering
+
+pytestmark = pytest.mark.production_path
+SCORING = "https://www.contoso.com/example"  # inferenceEndpoint.uri of the published examples
+ANSWER = {
+    "id": "cmpl-1",
+    "object": "chat.completion",
+    "model": "Meta-Llama-3-8B-Instruct",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+}
+
+
+@pytest.fixture
+def arm(monkeypatch, settings):
+    settings.OPSPORTAL_JOB_POLL_SECONDS = 0
+    settings.OPSPORTAL_JOB_BACKOFF_SECONDS = 0
+    monkeypatch.setattr(azure_provider, "default_credential", FakeCredential)
+    # The SDK's own retries and LRO waits off: the job's retry is what is exercised.
+    monkeypatch.setattr(
+        azure_provider, "CLIENT_DEFAULTS", {"retry_total": 0, "polling_interval": 0}
+    )
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        yield rs
+
+
+@pytest.fixture
+def workspace(catalog):
+    account = CloudAccount.objects.create(
+        provider="azure", subscription_id=SUB, display_name="Contoso"
+    )
+    return Workspace.objects.create(
+        account=account, name=WS, resource_group=RG, region="eastus2", provider="azure"
+    )
+
+
+def succeeded(body: dict) -> dict:
+    done = copy.deepcopy(body)
+    done["properties"]["provisioningState"] = "Succeeded"
+    return done
+
+
+def endpoint_body(name: str) -> dict:
+    body = example("serverless/Get.json")  # provisioningState Succeeded, as published
+    body["name"] = name
+    return body
+
+
+def deploy_job(workspace) -> Job:
+    return Job.objects.create(
+        kind="deploy",
+        workspace=workspace,
+        target_label="llama-chat",
+        params={
+            "workspace_id": workspace.pk,
+            "offering": "meta-llama-3-8b-instruct",
+            "kind": "serverless",
+            "name": "llama-chat",
+            "terms_accepted": True,
+            "content_safety": True,
+        },
+    )
+
+
+def arm_calls(rs) -> list:
+    return [c for c in rs.calls if c.request.url.startswith("https://management.azure.com")]
+
+
+def test_the_deploy_job_subscribes_creates_waits_reads_keys_and_smoke_tests(arm, workspace):
+    arm.add(
+        responses.GET,
+        url(f"{W}/marketplaceSubscriptions"),
+        json=without_next_link(example("marketplace/List.json")),  # another model: not ours
+    )
+    arm.add(
+        responses.PUT,
+        url(f"{W}/marketplaceSubscriptions/meta-llama-3-8b-instruct"),
+        json=succeeded(example("marketplace/CreateOrUpdate.json")),
+    )
+    workspace_body = example("workspaces/Workspace_Get.json")
+    workspace_body["location"] = "eastus2"
+    arm.add(responses.GET, url(W), json=workspace_body)
+    # Not there yet, then there (after the create).
+    arm.add(
+        responses.GET,
+        url(f"{W}/serverlessEndpoints/llama-chat"),
+        status=404,
+        json={"error": {"code": "ResourceNotFound", "message": "not found"}},
+    )
+    arm.add(
+        responses.GET, url(f"{W}/serverlessEndpoints/llama-chat"), json=endpoint_body("llama-chat")
+    )
+    # ARM throttles the create once; the job waits as asked and tries again.
+    arm.add(
+        responses.PUT,
+        url(f"{W}/serverlessEndpoints/llama-chat"),
+        status=429,
+        headers={"Retry-After": "0"},
+        json={"error": {"code": "TooManyRequests", "message": "slow down"}},
+    )
+    status_url = f"{LOC}/mfeOperationsStatus/op-1"
+    arm.add(
+        responses.PUT,
+        url(f"{W}/serverlessEndpoints/llama-chat"),
+        status=201,
+        json=example("serverless/CreateOrUpdate.json", "201"),
+        headers={"Azure-AsyncOperation": status_url, "Retry-After": "0"},
+    )
+    arm.add(responses.GET, url(status_url), json={"status": "Succeeded"})
+    arm.add(
+        responses.POST,
+        url(f"{W}/serverlessEndpoints/llama-chat/listKeys"),
+        json=example("serverless/ListKeys.json"),
+    )
+    arm.add(responses.POST, f"{SCORING}/v1/chat/completions", json=ANSWER)
+
+    job = deploy_job(workspace)
+    assert job_execute(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).log
+    job.refresh_from_db()
+    log = " ".join(job.log)
+    assert "Trying again" in log and "Subscribing" in log and "answered" in log
+
+    puts = calls_to(arm, "PUT", "serverlessEndpoints/llama-chat")
+    assert len(puts) == 2  # the throttled one and the retry
+    assert body_of(puts[-1])["properties"]["modelSettings"]["modelId"] == (
+        offering("meta-llama-3-8b-instruct").registry_model_id
+    )
+    # Every ARM request carried the job's correlation id as Azure's client request id.
+    ids = {c.request.headers.get("x-ms-client-request-id") for c in arm_calls(arm)}
+    assert ids == {str(job.correlation_id)}
+    # The smoke test used the key Azure returned, and nothing else saw it.
+    probe = calls_to(arm, "POST", "/v1/chat/completions")[0]
+    assert (
+        probe.request.headers["Authorization"]
+        == "Bearer " + example("serverless/ListKeys.json")["primaryKey"]
+    )
+    assert json.loads(probe.request.body)["max_tokens"] == 8
+
+    endpoint = Endpoint.objects.get(workspace=workspace, name="llama-chat")
+    assert (endpoint.provisioning_state, endpoint.scoring_uri) == ("Succeeded", SCORING)
+    assert job.endpoint == endpoint
+    assert MarketplaceSubscription.objects.filter(workspace=workspace).count() == 1
+    assert SecretVersion.objects.filter(endpoint=endpoint).count() == 2
+    actions = set(AuditEvent.objects.filter(job=job).values_list("action", flat=True))
+    assert {"marketplace.subscribe", "endpoint.create", "key.publish", "endpoint.deploy"} <= actions
+
+
+def test_a_failed_marketplace_subscription_stops_the_deploy_before_any_endpoint(arm, workspace):
+    arm.add(
+        responses.GET,
+        url(f"{W}/marketplaceSubscriptions"),
+        json=without_next_link(example("marketplace/List.json")),
+    )
+    arm.add(  # as published: provisioningState Failed
+        responses.PUT,
+        url(f"{W}/marketplaceSubscriptions/meta-llama-3-8b-instruct"),
+        json=example("marketplace/CreateOrUpdate.json"),
+    )
+    job = deploy_job(workspace)
+    assert job_execute(job_id=job.pk) == "failed"
+    job.refresh_from_db()
+    assert "The Marketplace subscription ended Failed" in job.error
+    assert "payment method" in job.error
+    assert not calls_to(arm, "PUT", "serverlessEndpoints")
+    assert not Endpoint.objects.filter(name="llama-chat").exists()
+
+
+def test_a_refused_subscription_names_the_permission(arm, workspace):
+    arm.add(
+        responses.GET,
+        url(f"{W}/marketplaceSubscriptions"),
+        json=without_next_link(example("marketplace/List.json")),
+    )
+    arm.add(
+        responses.PUT,
+        url(f"{W}/marketplaceSubscriptions/meta-llama-3-8b-instruct"),
+        status=403,
+        json={"error": {"code": "AuthorizationFailed", "message": "no"}},
+    )
+    job = deploy_job(workspace)
+    assert job_execute(job_id=job.pk) == "failed"
+    job.refresh_from_db()
+    assert "Microsoft.SaaS/register/action" in job.error
+    assert len(calls_to(arm, "PUT", "marketplaceSubscriptions")) == 1  # a 403 is not retried
+
+
+def test_the_rotation_job_regenerates_verifies_and_publishes_secondary_then_primary(arm, workspace):
+    endpoint = Endpoint.objects.create(
+        workspace=workspace,
+        kind="serverless",
+        name="llama-chat",
+        offering=offering("meta-llama-3-8b-instruct"),
+        scoring_uri=SCORING,
+        provisioning_state="Succeeded",
+    )
+    arm.add(
+        responses.POST,
+        url(f"{W}/serverlessEndpoints/llama-chat/regenerateKeys"),
+        json=example("serverless/RegenerateKeys.json"),
+    )
+    # The published example answers "string" for both keys; distinct values here (adapted) show
+    # which key each step used.
+    arm.add(
+        responses.POST,
+        url(f"{W}/serverlessEndpoints/llama-chat/listKeys"),
+        json={"primaryKey": "old-primary", "secondaryKey": "new-secondary"},
+    )
+    arm.add(
+        responses.POST,
+        url(f"{W}/serverlessEndpoints/llama-chat/listKeys"),
+        json={"primaryKey": "new-primary", "secondaryKey": "new-secondary"},
+    )
+    arm.add(responses.POST, f"{SCORING}/v1/chat/completions", json=ANSWER)
+    job = Job.objects.create(
+        kind="key-rotation",
+        workspace=workspace,
+        endpoint=endpoint,
+        target_label="llama-chat",
+        params={"endpoint_id": endpoint.pk},
+    )
+    assert job_execute(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).log
+    regens = calls_to(arm, "POST", "regenerateKeys")
+    assert [body_of(c) for c in regens] == [{"keyType": "Secondary"}, {"keyType": "Primary"}]
+    probes = calls_to(arm, "POST", "/v1/chat/completions")
+    assert [c.request.headers["Authorization"] for c in probes] == [
+        "Bearer new-secondary",
+        "Bearer new-primary",
+    ]
+    versions = list(SecretVersion.objects.filter(endpoint=endpoint).order_by("version"))
+    assert [(v.slot, secret_value(v)) for v in versions] == [
+        ("secondary", "new-secondary"),
+        ("primary", "new-primary"),
+    ]
+    job.refresh_from_db()
+    assert "new-primary" not in str(job.log) and "new-secondary" not in str(job.log)
+
+
+def test_a_key_that_does_not_work_stops_the_rotation_before_the_primary(arm, workspace):
+    endpoint = Endpoint.objects.create(
+        workspace=workspace,
+        kind="serverless",
+        name="llama-chat",
+        offering=offering("meta-llama-3-8b-instruct"),
+        scoring_uri=SCORING,
+        provisioning_state="Succeeded",
+    )
+    arm.add(
+        responses.POST,
+        url(f"{W}/serverlessEndpoints/llama-chat/regenerateKeys"),
+        json=example("serverless/RegenerateKeys.json"),
+    )
+    arm.add(
+        responses.POST,
+        url(f"{W}/serverlessEndpoints/llama-chat/listKeys"),
+        json=example("serverless/ListKeys.json"),
+    )
+    arm.add(
+        responses.POST,
+        f"{SCORING}/v1/chat/completions",
+        status=401,
+        json={"error": {"code": "Unauthorized", "message": "bad key"}},
+    )
+    job = Job.objects.create(
+        kind="key-rotation",
+        workspace=workspace,
+        endpoint=endpoint,
+        target_label="llama-chat",
+        params={"endpoint_id": endpoint.pk},
+    )
+    assert job_execute(job_id=job.pk) == "failed"
+    job.refresh_from_db()
+    assert "refused the key (401)" in job.error
+    # The primary key was never touched and nothing unverified was published.
+    assert [body_of(c) for c in calls_to(arm, "POST", "regenerateKeys")] == [
+        {"keyType": "Secondary"}
+    ]
+    assert not SecretVersion.objects.filter(endpoint=endpoint).exists()
+
+
+def test_the_delete_job_waits_for_the_operation_then_forgets_the_row(arm, workspace):
+    endpoint = Endpoint.objects.create(
+        workspace=workspace,
+        kind="serverless",
+        name="llama-chat",
+        offering=offering("meta-llama-3-8b-instruct"),
+        scoring_uri=SCORING,
+        provisioning_state="Succeeded",
+    )
+    poll = f"{LOC}/mfeOperationResults/op-2"
+    arm.add(
+        responses.DELETE,
+        url(f"{W}/serverlessEndpoints/llama-chat"),
+        status=202,
+        headers={"Location": poll, "Retry-After": "0"},
+    )
+    arm.add(responses.GET, url(poll), status=204)
+    arm.add(
+        responses.GET,
+        url(f"{W}/serverlessEndpoints/llama-chat"),
+        status=404,
+        json={"error": {"code": "ResourceNotFound", "message": "gone"}},
+    )
+    job = Job.objects.create(
+        kind="delete",
+        workspace=workspace,
+        endpoint=endpoint,
+        target_label="llama-chat",
+        params={"workspace_id": workspace.pk, "name": "llama-chat", "endpoint_id": endpoint.pk},
+    )
+    assert job_execute(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).log
+    endpoint.refresh_from_db()
+    assert endpoint.deleted_at is not None
+    assert len(calls_to(arm, "DELETE", "serverlessEndpoints/llama-chat")) == 1
