@@ -51,11 +51,14 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/inventory.py
 
-# Re-vendor htmx from the npm registry (it is committed under static/vendor).
+# Re-vendor htmx and Chart.js from the npm registry (they are committed under static/vendor).
 vendor:
 	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent htmx.org@2.0.11 >/dev/null \
 	&& tar xzf htmx.org-2.0.11.tgz && cp package/dist/htmx.min.js $(CURDIR)/static/vendor/htmx-2.0.11.min.js \
 	&& cp package/LICENSE $(CURDIR)/static/vendor/htmx.LICENSE && rm -rf $$tmp
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent chart.js@4.6.1 >/dev/null \
+	&& tar xzf chart.js-4.6.1.tgz && cp package/dist/chart.umd.min.js $(CURDIR)/static/vendor/chart-4.6.1.umd.min.js \
+	&& cp package/LICENSE.md $(CURDIR)/static/vendor/chart.js.LICENSE.md && rm -rf $$tmp
 
 clean:
 	rm -rf $(VENV) var

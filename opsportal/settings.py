@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "opsportal.chat",
     "opsportal.deployments",
     "opsportal.keys",
+    "opsportal.costs",
 ]
 
 MIDDLEWARE = [
@@ -210,6 +211,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Jobs whose worker died are queued again; key rotations whose schedule is due start.
     "jobs-reap": {"task": "opsportal.jobs.tasks.jobs_reap_scheduled", "schedule": 60.0},
     "rotations-due": {"task": "opsportal.jobs.tasks.rotations_due", "schedule": 60.0},
+    # Local cost meters from the gateway's usage rows; Azure's from Cost Management, at most
+    # every OPSPORTAL_COST_PULL_HOURS per subscription (the task checks each one's last pull).
+    "local-costs": {
+        "task": "opsportal.costs.tasks.local_costs_scheduled",
+        "schedule": float(os.environ.get("OPSPORTAL_LOCAL_COST_INTERVAL_SECONDS", "60")),
+    },
+    "azure-costs": {"task": "opsportal.costs.tasks.azure_costs_scheduled", "schedule": 1800.0},
     # A no-op unless Azure is configured (see opsportal.providers.azure.azure_configuration).
     "azure-sync": {
         "task": "opsportal.inventory.tasks.azure_sync_scheduled",
@@ -256,3 +264,5 @@ OPSPORTAL_DEPLOY_TIMEOUT = float(os.environ.get("OPSPORTAL_DEPLOY_TIMEOUT", "360
 OPSPORTAL_PROBE_TIMEOUT = float(os.environ.get("OPSPORTAL_PROBE_TIMEOUT", "60"))
 # Optional Azure Key Vault for published endpoint keys (https://<vault>.vault.azure.net).
 OPSPORTAL_KEYVAULT_URL = os.environ.get("OPSPORTAL_KEYVAULT_URL", "").strip()
+# Cost Management is throttled per tenant: pull each subscription at most this often.
+OPSPORTAL_COST_PULL_HOURS = float(os.environ.get("OPSPORTAL_COST_PULL_HOURS", "6"))

@@ -5,6 +5,7 @@ from django.urls import path
 from opsportal.accounts import views as accounts
 from opsportal.chat import views as chat
 from opsportal.core import views as core
+from opsportal.costs import views as costs
 from opsportal.deployments import views as deployments
 from opsportal.inventory import views as inventory
 from opsportal.jobs import views as jobs
@@ -65,5 +66,20 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry_view, name="job_retry"),
     path("audit/", jobs.audit_list, name="audit"),
+    path("costs/", costs.costs_overview, name="costs"),
+    path("costs/export.csv", costs.costs_export, name="costs_export"),
+    path("quota/", costs.quota_overview, name="quota"),
+    path("endpoints/<int:pk>/costs.csv", costs.endpoint_costs_export, name="endpoint_costs_export"),
+    path(
+        "marketplace/<int:pk>/",
+        costs.marketplace_subscription_detail,
+        name="marketplace_subscription_detail",
+    ),
+    path(
+        "marketplace/<int:pk>/costs.csv",
+        costs.marketplace_subscription_export,
+        name="marketplace_subscription_export",
+    ),
+    path("teams/<slug:slug>/budget/", costs.budget_set, name="budget_set"),
     path("admin/", admin.site.urls),
 ]

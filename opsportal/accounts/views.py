@@ -38,6 +38,8 @@ class RoleForm(forms.Form):
 
 
 def team_detail(request: HttpRequest, slug: str, form: MemberForm | None = None) -> HttpResponse:
+    from opsportal.costs.views import BudgetForm
+
     team = get_object_or_404(visible_teams(request.user), slug=slug)
     members = team.memberships.select_related("user").order_by("user__username")
     return render(
@@ -50,6 +52,7 @@ def team_detail(request: HttpRequest, slug: str, form: MemberForm | None = None)
             "role": role_on(request.user, team),
             "form": form or MemberForm(),
             "roles": Role.choices,
+            "budget_form": BudgetForm(instance=getattr(team, "budget", None)),
         },
     )
 

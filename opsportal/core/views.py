@@ -5,6 +5,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from opsportal.core import health
+from opsportal.costs.selectors import budget_statuses
 from opsportal.inventory import selectors as inventory
 from opsportal.jobs.selectors import recent_jobs
 
@@ -17,6 +18,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "counts": inventory.dashboard_counts(request.user),
             "attention": inventory.endpoints_needing_attention(request.user),
             "jobs": recent_jobs(request.user, limit=10),
+            "budgets": budget_statuses(user=request.user),
         },
     )
 

@@ -9,6 +9,7 @@ from django.utils.cache import patch_vary_headers
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import mutation, role_on
+from opsportal.costs.quota import endpoint_quotas
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
 from opsportal.jobs.models import Job
@@ -81,6 +82,13 @@ def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "subscriptions": selectors.workspace_subscriptions(workspace),
             "endpoints": selectors.workspace_endpoints(workspace),
             "role": role_on(request.user, workspace.team_id),
+            "quotas": endpoint_quotas(
+                list(
+                    workspace.endpoints.filter(kind="serverless", deleted_at__isnull=True)
+                    .select_related("workspace", "offering")
+                    .order_by("name")[:50]
+                )
+            ),
         },
     )
 
@@ -201,7 +209,10 @@ def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
         context.update(keys_context(request, endpoint))
     elif tab == "usage":
+        from opsportal.costs.views import endpoint_cost_context
+
         context["requests"] = endpoint.usage_records.order_by("-created_at", "-pk")[:50]
+        context.update(endpoint_cost_context(endpoint))
     return partial_or_page(request, "inventory/endpoint_detail.html", "tab", context)
 
 

@@ -1,0 +1,335 @@
+"""Writing cost: the local runtime's daily meters from its usage rows, Azure's from Cost
+Management, both as CostDaily rows, and the per-day rollups the overview reads."""
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from opsportal.costs.models import (
+    CostDaily,
+    CostPull,
+    CostRollup,
+    CostSource,
+    CostWorkspaceDay,
+)
+from opsportal.inventory.models import (
+    CloudAccount,
+    Endpoint,
+    MarketplaceSubscription,
+    Provider,
+    Workspace,
+)
+from opsportal.providers.base import ProviderError
+
+log = logging.getLogger(__name__)
+INPUT_METER = "paygo-inference-input-tokens"
+OUTPUT_METER = "paygo-inference-output-tokens"
+# Marketplace model meters are billed per thousand tokens.
+TOKENS_UNIT_NAME = "1K tokens"
+THOUSAND = Decimal(1000)
+MILLION = Decimal(1_000_000)
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    tz = timezone.get_current_timezone()
+    start = datetime.combine(day, time.min, tzinfo=tz)
+    return start, start + timedelta(days=1)
+
+
+def local_resource_id(endpoint: Endpoint) -> str:
+    return f"local/{endpoint.workspace.name}/{endpoint.name}#{endpoint.pk}"
+
+
+# --- local ----------------------------------------------------------------------------------
+
+
+def local_costs_compute(*, days: Iterable[date] | None = None) -> int:
+    """The local runtime's meters for the given days (default: today and yesterday): the
+    gateway's metered tokens x the offering's input and output prices. Idempotent."""
+    from opsportal.runtime.models import UsageRecord
+
+    today = timezone.localdate()
+    days = sorted(set(days or [today - timedelta(days=1), today]))
+    written = 0
+    for day in days:
+        start, end = day_bounds(day)
+        usage = (
+            UsageRecord.objects.filter(
+                created_at__gte=start,
+                created_at__lt=end,
+                endpoint__workspace__provider=Provider.LOCAL,
+            )
+            .values("endpoint")
+            .annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+        )
+        by_endpoint = {u["endpoint"]: u for u in usage}
+        endpoints = Endpoint.objects.select_related(
+            "workspace", "workspace__account", "offering"
+        ).in_bulk(list(by_endpoint))
+        rows = []
+        for pk, u in by_endpoint.items():
+            ep = endpoints[pk]
+            offering = ep.offering
+            prices = (
+                (
+                    INPUT_METER,
+                    u["prompt"] or 0,
+                    offering.input_price_per_million if offering else None,
+                ),
+                (
+                    OUTPUT_METER,
+                    u["completion"] or 0,
+                    offering.output_price_per_million if offering else None,
+                ),
+            )
+            for meter, tokens, price in prices:
+                rows.append(
+                    CostDaily(
+                        source=CostSource.LOCAL,
+                        day=day,
+                        account=ep.workspace.account,
+                        resource_id=local_resource_id(ep),
+                        meter=meter,
+                        quantity=Decimal(tokens) / THOUSAND,
+                        unit=TOKENS_UNIT_NAME,
+                        cost=(Decimal(tokens) * (price or 0) / MILLION).quantize(
+                            Decimal("0.000001")
+                        ),
+                        currency=offering.currency if offering else "USD",
+                        workspace=ep.workspace,
+                        endpoint=ep,
+                        offering=offering,
+                        team_id=ep.workspace.team_id,
+                    )
+                )
+        written += _upsert(CostSource.LOCAL, day, rows, replace_day=True)
+        rollups_rebuild(days=[day])
+    return written
+
+
+def _upsert(source: str, day: date, rows: list[CostDaily], *, replace_day: bool) -> int:
+    """Insert or update the day's rows by (resource, meter); with replace_day, rows of that
+    day and source that are no longer reported go."""
+    fields = [
+        "quantity",
+        "unit",
+        "cost",
+        "currency",
+        "workspace",
+        "endpoint",
+        "marketplace_subscription",
+        "offering",
+        "team",
+        "account",
+    ]
+    with transaction.atomic():
+        existing = {
+            (r.resource_id, r.meter): r for r in CostDaily.objects.filter(source=source, day=day)
+        }
+        create, update = [], []
+        for row in rows:
+            found = existing.pop((row.resource_id, row.meter), None)
+            if found is None:
+                create.append(row)
+            else:
+                row.pk = found.pk
+                update.append(row)
+        CostDaily.objects.bulk_create(create, batch_size=500)
+        if update:
+            CostDaily.objects.bulk_update(update, fields, batch_size=500)
+        if replace_day and existing:
+            CostDaily.objects.filter(pk__in=[r.pk for r in existing.values()]).delete()
+    return len(rows)
+
+
+def rollups_rebuild(*, days: Iterable[date]) -> None:
+    """The overview's per-day totals, from the meter rows of those days."""
+    days = sorted(set(days))
+    if not days:
+        return
+    with transaction.atomic():
+        CostRollup.objects.filter(day__in=days).delete()
+        CostWorkspaceDay.objects.filter(day__in=days).delete()
+        rows = CostDaily.objects.filter(day__in=days)
+        CostRollup.objects.bulk_create(
+            [
+                CostRollup(
+                    day=t["day"],
+                    team_id=t["team"],
+                    offering_id=t["offering"],
+                    meter=t["meter"],
+                    unit=t["unit"],
+                    currency=t["currency"],
+                    quantity=t["q"] or 0,
+                    cost=t["c"] or 0,
+                )
+                for t in rows.values("day", "team", "offering", "meter", "unit", "currency")
+                .annotate(q=Sum("quantity"), c=Sum("cost"))
+                .order_by()
+            ],
+            batch_size=1000,
+        )
+        CostWorkspaceDay.objects.bulk_create(
+            [
+                CostWorkspaceDay(
+                    day=t["day"],
+                    workspace_id=t["workspace"],
+                    team_id=t["team"],
+                    currency=t["currency"],
+                    cost=t["c"] or 0,
+                )
+                for t in rows.values("day", "workspace", "team", "currency")
+                .annotate(c=Sum("cost"))
+                .order_by()
+            ],
+            batch_size=1000,
+        )
+
+
+# --- Azure ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ResourceMap:
+    """Which inventory rows a billed resource belongs to."""
+
+    by_saas: dict[str, MarketplaceSubscription]
+    serverless: dict[tuple[int, int], Endpoint]  # (workspace, offering) -> endpoint
+    online: dict[tuple[str, str, str], Endpoint]  # (resource group, workspace, name) -> endpoint
+    workspaces: dict[tuple[str, str], Workspace]
+
+    @classmethod
+    def for_account(cls, account: CloudAccount) -> "ResourceMap":
+        subs = MarketplaceSubscription.objects.filter(workspace__account=account).select_related(
+            "workspace", "offering"
+        )
+        endpoints = Endpoint.objects.filter(workspace__account=account).select_related(
+            "workspace", "offering"
+        )
+        live_first = sorted(endpoints, key=lambda e: e.deleted_at is None)
+        return cls(
+            by_saas={s.saas_resource_id.lower(): s for s in subs if s.saas_resource_id},
+            serverless={
+                (e.workspace_id, e.offering_id): e
+                for e in live_first
+                if e.kind == Endpoint.Kind.SERVERLESS and e.offering_id
+            },
+            online={
+                (e.workspace.resource_group.lower(), e.workspace.name.lower(), e.name.lower()): e
+                for e in live_first
+                if e.kind == Endpoint.Kind.MANAGED
+            },
+            workspaces={
+                (w.resource_group.lower(), w.name.lower()): w
+                for w in Workspace.objects.filter(account=account)
+            },
+        )
+
+    def place(self, row: CostDaily) -> None:
+        rid = row.resource_id.lower()
+        sub = self.by_saas.get(rid)
+        if sub is not None:
+            row.marketplace_subscription = sub
+            row.workspace = sub.workspace
+            row.offering = sub.offering
+            row.endpoint = self.serverless.get((sub.workspace_id, sub.offering_id))
+        else:
+            parts = rid.strip("/").split("/")
+            try:
+                rg = parts[parts.index("resourcegroups") + 1]
+                ws = parts[parts.index("workspaces") + 1]
+            except (ValueError, IndexError):
+                return
+            row.workspace = self.workspaces.get((rg, ws))
+            if "onlineendpoints" in parts:
+                name = parts[parts.index("onlineendpoints") + 1]
+                row.endpoint = self.online.get((rg, ws, name))
+                if row.endpoint is not None:
+                    row.offering = row.endpoint.offering
+        if row.workspace is not None:
+            row.team_id = row.workspace.team_id
+
+
+def azure_costs_pull(
+    *,
+    account: CloudAccount,
+    credential: Any,
+    client_kwargs: dict[str, Any] | None = None,
+    force: bool = False,
+    sleep: Callable[[float], None] | None = None,
+    correlation_id: str | None = None,
+) -> CostPull:
+    """Pull last month and this month of one subscription, at most every
+    OPSPORTAL_COST_PULL_HOURS unless forced. Upserts are idempotent."""
+    from opsportal.providers.azure import cost_query
+
+    pull, _ = CostPull.objects.get_or_create(account=account)
+    now = timezone.now()
+    every = timedelta(hours=settings.OPSPORTAL_COST_PULL_HOURS)
+    if not force and pull.pulled_at and now - pull.pulled_at < every and not pull.error:
+        return pull
+    today = timezone.localdate()
+    start = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    try:
+        found, waited = cost_query(
+            credential,
+            account.subscription_id,
+            start,
+            today,
+            client_kwargs=client_kwargs,
+            sleep=sleep,
+            correlation_id=correlation_id,
+        )
+    except ProviderError as exc:
+        CostPull.objects.filter(pk=pull.pk).update(pulled_at=now, error=exc.message)
+        pull.refresh_from_db()
+        return pull
+    places = ResourceMap.for_account(account)
+    by_day: dict[date, dict[tuple[str, str], CostDaily]] = {}
+    for r in found:
+        key = (r.resource_id, r.meter)
+        day_rows = by_day.setdefault(r.day, {})
+        if key in day_rows:  # the same meter in two currencies or pages: add up
+            day_rows[key].cost += r.cost
+            day_rows[key].quantity += r.quantity
+            continue
+        row = CostDaily(
+            source=CostSource.AZURE,
+            day=r.day,
+            account=account,
+            resource_id=r.resource_id,
+            meter=r.meter,
+            quantity=r.quantity,
+            unit=TOKENS_UNIT_NAME if r.meter.endswith("-tokens") else "",
+            cost=r.cost,
+            currency=r.currency,
+        )
+        places.place(row)
+        day_rows[key] = row
+    for day, rows in by_day.items():
+        _upsert(CostSource.AZURE, day, list(rows.values()), replace_day=False)
+    rollups_rebuild(days=by_day)
+    CostPull.objects.filter(pk=pull.pk).update(
+        pulled_at=now,
+        data_as_of=max(by_day) if by_day else pull.data_as_of,
+        rows=len(found),
+        error="",
+        throttled_s=waited,
+    )
+    pull.refresh_from_db()
+    return pull
+
+
+def azure_costs_pull_all(*, credential: Any, force: bool = False, **kwargs: Any) -> list[CostPull]:
+    return [
+        azure_costs_pull(account=account, credential=credential, force=force, **kwargs)
+        for account in CloudAccount.objects.filter(provider=Provider.AZURE, is_demo=False)
+    ]
