@@ -49,6 +49,7 @@ def mutation_urls(world) -> dict[str, str]:
         "keys_rotate_bulk": reverse("keys_rotate_bulk"),
         "job_cancel": reverse("job_cancel", args=[job.pk]),
         "job_retry": reverse("job_retry", args=[job.pk]),
+        "budget_set": reverse("budget_set", args=[world.team_a.slug]),
     }
 
 
@@ -74,6 +75,9 @@ def test_it_forbids_every_mutation_to_a_viewer(world):
                 "confirm": world.endpoint_a.name,
                 "slot": "primary",
                 "every_days": 3,
+                "monthly_amount": "100",
+                "currency": "USD",
+                "warn_percent": "80",
             },
         )
         assert response.status_code == 403, name

@@ -22,7 +22,7 @@ class CostDaily(models.Model):
     meter = models.CharField(max_length=200)
     quantity = models.DecimalField(max_digits=20, decimal_places=6, default=0)
     unit = models.CharField(max_length=40, blank=True)
-    cost = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
     currency = models.CharField(max_length=3, default="USD")
     # What the resource is, as far as the inventory knows (mapped when stored).
     workspace = models.ForeignKey(
@@ -78,7 +78,7 @@ class CostRollup(models.Model):
     unit = models.CharField(max_length=40, blank=True)
     currency = models.CharField(max_length=3)
     quantity = models.DecimalField(max_digits=22, decimal_places=6, default=0)
-    cost = models.DecimalField(max_digits=20, decimal_places=6, default=0)
+    cost = models.DecimalField(max_digits=26, decimal_places=10, default=0)
 
     class Meta:
         indexes = [models.Index(fields=["day", "team"])]
@@ -96,7 +96,7 @@ class CostWorkspaceDay(models.Model):
     )
     team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
     currency = models.CharField(max_length=3)
-    cost = models.DecimalField(max_digits=20, decimal_places=6, default=0)
+    cost = models.DecimalField(max_digits=26, decimal_places=10, default=0)
 
     class Meta:
         indexes = [models.Index(fields=["day", "team"])]

@@ -205,7 +205,7 @@ def drift(totals: Any, offering: Any) -> list[dict[str, Any]]:
         price = prices.get(t["meter"])
         if price is None or not t["quantity"]:
             continue
-        estimate = (t["quantity"] * 1000 * price / 1_000_000).quantize(Decimal("0.000001"))
+        estimate = (t["quantity"] * 1000 * price / 1_000_000).quantize(Decimal("0.0000000001"))
         billed = t["cost"]
         pct = None if not estimate else float((billed - estimate) / estimate * 100)
         out.append(

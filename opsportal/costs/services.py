@@ -36,6 +36,7 @@ OUTPUT_METER = "paygo-inference-output-tokens"
 TOKENS_UNIT_NAME = "1K tokens"
 THOUSAND = Decimal(1000)
 MILLION = Decimal(1_000_000)
+COST_PLACES = Decimal("0.0000000001")  # the cost columns' 10 decimal places
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -100,9 +101,7 @@ def local_costs_compute(*, days: Iterable[date] | None = None) -> int:
                         meter=meter,
                         quantity=Decimal(tokens) / THOUSAND,
                         unit=TOKENS_UNIT_NAME,
-                        cost=(Decimal(tokens) * (price or 0) / MILLION).quantize(
-                            Decimal("0.000001")
-                        ),
+                        cost=(Decimal(tokens) * (price or 0) / MILLION).quantize(COST_PLACES),
                         currency=offering.currency if offering else "USD",
                         workspace=ep.workspace,
                         endpoint=ep,
