@@ -22,7 +22,10 @@ class ChatStack(Stack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("stack")) as base:
+    # Local cost meters every 2 s instead of every minute, so the cost test need not wait.
+    with running_stack(
+        tmp_path_factory.mktemp("stack"), OPSPORTAL_LOCAL_COST_INTERVAL_SECONDS="2"
+    ) as base:
         base.manage("local_endpoint", "create", "browser-smol", "--accept-licence")
         keys = base.manage("local_endpoint", "keys", "browser-smol").split()
         yield ChatStack(base.url, base.var, base.env, (keys[1], keys[3]))
@@ -165,3 +168,27 @@ def test_it_stops_generation_when_the_user_presses_stop(page, stack):
     while stack.usage_statuses().count(499) == before:
         assert time.monotonic() < deadline, "the upstream request was not closed"
         time.sleep(0.2)
+
+
+def test_chat_traffic_shows_up_as_cost_meters_chart_and_quota(page, stack):
+    open_chat(page, stack)
+    page.fill("#id_message", "Count to five.")
+    page.click("#composer button[type=submit]")
+    page.wait_for_selector(".turn:last-child .bubble-model[data-done='1']", timeout=60_000)
+    page.click("#tab-usage")
+    page.wait_for_selector("[data-label='Tokens, last minute']")
+    tokens = float(page.get_attribute("[data-label='Tokens, last minute']", "data-value"))
+    assert tokens > 0  # the gauge moved with the traffic just sent
+    for _ in range(60):  # beat computes the local meters every 2 s here
+        if page.locator("tr[data-meter=paygo-inference-output-tokens]").count():
+            break
+        page.wait_for_timeout(1000)
+        page.reload()
+    for meter in ("paygo-inference-input-tokens", "paygo-inference-output-tokens"):
+        cost = page.inner_text(f"tr[data-meter={meter}] [data-testid=meter-cost]")
+        assert float(cost.split()[0]) > 0, meter
+    page.wait_for_selector("#endpoint-chart[data-drawn='1']")
+    page.goto(f"{stack.url}/costs/")
+    assert float(page.inner_text("[data-testid=cost-total]")) > 0
+    page.wait_for_selector("#cost-chart[data-drawn='1']")
+    assert page.locator("tr[data-meter=paygo-inference-output-tokens]").count() == 1

@@ -136,7 +136,16 @@ def data_as_of() -> dict[str, Any]:
     """When each source was last brought up to date."""
     azure = CostPull.objects.aggregate(pulled=Max("pulled_at"), day=Min("data_as_of"))
     local = CostDaily.objects.filter(source=CostSource.LOCAL).aggregate(at=Max("updated_at"))
-    return {"azure_pulled": azure["pulled"], "azure_day": azure["day"], "local": local["at"]}
+    errors = [
+        (p.account.display_name, p.error)
+        for p in CostPull.objects.exclude(error="").select_related("account")[:10]
+    ]
+    return {
+        "azure_pulled": azure["pulled"],
+        "azure_day": azure["day"],
+        "local": local["at"],
+        "errors": errors,
+    }
 
 
 @dataclass
