@@ -3,8 +3,9 @@
 
 Same run, same prompts, alternating: each prompt is streamed directly from the local gateway
 (as curl or the OpenAI SDK would) and through the portal (the browser's EventSource request to
-the relay view, served by uvicorn, which adds the key and relays each chunk). The turn rows the
-relay streams are created beforehand, as the chat form's POST does; only the stream is timed.
+the relay view, served by uvicorn, which adds the key and relays each chunk). Each turn is
+created by the chat form's real POST (untimed), which also resolves where the turn goes and with
+which key (opsportal.chat.grants); only the stream is timed.
 Both clients keep their connection, as a browser and an SDK do. Every request has a prompt of
 its own, so llama.cpp's prompt cache favours neither path.
 
@@ -100,7 +101,7 @@ def relayed(client, url: str) -> tuple[float, float]:  # type: ignore[no-untyped
     with client.stream("GET", url) as response:
         response.raise_for_status()
         for line in response.iter_lines():
-            if first is None and line == "event: token":
+            if first is None and line.startswith("data: {") and '"content":"' in line:
                 first = time.perf_counter()
             if line == "event: done":
                 break
@@ -166,14 +167,41 @@ def main() -> None:
                 "stream": True,
             }
 
+        # The chat form's POST, as the browser sends it (untimed): it creates the turn and,
+        # in the web process, resolves where the turn goes.
+        page = browser.get(f"http://127.0.0.1:{web_port}/endpoints/{endpoint.pk}/?tab=chat")
+        page.raise_for_status()
+        csrf = browser.cookies["csrftoken"]
+
+        checked = {"last": None, "errors": 0}
+
+        def check_last() -> None:
+            if checked["last"] is not None:
+                status = ChatTurn.objects.get(pk=checked["last"]).status
+                checked["errors"] += status != "done"
+
         def turn_url(prompt: str) -> str:
-            turn = ChatTurn.objects.create(
-                user=user,
-                endpoint=endpoint,
-                route="/v1/chat/completions",
-                prompt=prompt,
-                request_body=body(prompt),
+            check_last()
+            # A fresh conversation each time, so both paths send the same single message.
+            browser.post(
+                f"http://127.0.0.1:{web_port}/endpoints/{endpoint.pk}/chat/clear/",
+                headers={"X-CSRFToken": csrf, "HX-Request": "true"},
+            ).raise_for_status()
+            response = browser.post(
+                f"http://127.0.0.1:{web_port}/endpoints/{endpoint.pk}/chat/",
+                data={
+                    "mode": "chat",
+                    "route_style": "native",
+                    "message": prompt,
+                    "max_tokens": str(args.tokens),
+                    "ignore_eos": "true",
+                },
+                headers={"X-CSRFToken": csrf, "HX-Request": "true"},
             )
+            response.raise_for_status()
+            turn = ChatTurn.objects.filter(user=user, prompt=prompt).latest("pk")
+            assert turn.request_body == body(prompt), turn.request_body
+            checked["last"] = turn.pk
             return f"http://127.0.0.1:{web_port}/chat/turns/{turn.pk}/stream/"
 
         direct(api, uri, key, body("warm up"))
@@ -187,7 +215,8 @@ def main() -> None:
                 n += 1
                 results["direct"].append(direct(api, uri, key, body(f"[{n}a] {prompt}")))
                 results["relay"].append(relayed(browser, turn_url(f"[{n}b] {prompt}")))
-        errors = ChatTurn.objects.exclude(status="done").count()
+        check_last()
+        errors = checked["errors"]
     finally:
         for proc in procs:
             proc.terminate()

@@ -71,9 +71,24 @@ def stream(user, turn: ChatTurn) -> tuple[list[tuple[str, dict]], str]:
     raw = response.text
     events = []
     for block in raw.strip().split("\n\n"):
-        name = block.split("\n")[0].removeprefix("event: ")
-        events.append((name, json.loads(block.split("\n")[1].removeprefix("data: "))))
+        lines = block.split("\n")
+        if lines[0].startswith("data:"):  # an endpoint chunk, passed through
+            events.append(("message", json.loads(lines[0].removeprefix("data:"))))
+        else:
+            events.append((lines[0].removeprefix("event: "), json.loads(lines[1][5:])))
     return events, raw
+
+
+def texts(events) -> list[str]:
+    """The answer's text pieces, in order, as the page reads them from the chunks."""
+    out = []
+    for name, chunk in events:
+        if name == "message":
+            for c in chunk.get("choices") or []:
+                out.append(
+                    (c.get("delta") or c.get("message") or {}).get("content") or c.get("text") or ""
+                )
+    return [t for t in out if t]
 
 
 def test_it_relays_a_turn_token_by_token(chat):
@@ -85,7 +100,7 @@ def test_it_relays_a_turn_token_by_token(chat):
     events, _ = stream(operator, turn)
     names = [name for name, _ in events]
     assert names[-2:] == ["stats", "done"]
-    tokens = [data["t"] for name, data in events if name == "token"]
+    tokens = texts(events)
     assert len(tokens) >= 5  # one event per upstream chunk, not one buffered blob
     turn.refresh_from_db()
     assert turn.status == "done"
@@ -320,3 +335,41 @@ def test_it_keeps_chat_to_operators(chat):
     assert get_stream(outsider, turn.pk).status_code == 404
     assert get_stream(viewer, turn.pk).status_code == 404  # not theirs
     assert get_stream(None, turn.pk).status_code == 403  # no session
+
+
+def test_the_stream_after_the_post_uses_its_grant_once(chat):
+    from opsportal.chat import grants
+
+    endpoint, operator = chat
+    client = client_for(operator)
+    response = client.post(
+        reverse("chat_turn_create", args=[endpoint.pk]),
+        {"mode": "chat", "route_style": "native", "message": "Hello", "max_tokens": 8},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    turn = ChatTurn.objects.get()
+    assert turn.pk in grants._grants  # resolved at the POST, in this process
+    session = client.cookies["sessionid"].value
+    # Another session of the same user cannot take it: it gets the full checks instead.
+    assert grants.grant_take(turn_id=turn.pk, session_key="not-the-session") is None
+
+    async def go() -> httpx.Response:
+        from opsportal.asgi import application
+
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application),
+            base_url="http://testserver",
+            cookies={"sessionid": session},
+        ) as c:
+            r = await c.get(reverse("chat_turn_stream", args=[turn.pk]))
+            await r.aread()
+            return r
+
+    first = async_to_sync(go)()
+    assert turn.pk not in grants._grants  # taken
+    assert first.status_code == 200 and '"delta":{"content":' in first.text
+    turn.refresh_from_db()
+    assert turn.status == "done" and turn.completion_tokens == 8
+    again = async_to_sync(go)()  # no grant now: the stored answer is replayed, nothing is sent
+    assert '"delta"' not in again.text and "event: stats" in again.text

@@ -263,3 +263,18 @@ def test_the_audit_log_filters_and_hides_other_teams(world):
     assert "ep-alpha" not in page and "No event matches" in page
     bad = client_for(world.viewer).get(reverse("audit"), {"correlation_id": "nope"})
     assert bad.status_code == 200 and "valid UUID" in bad.content.decode()
+
+
+def test_a_job_past_its_time_limit_fails_with_words_not_a_traceback(world):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    @runner("test-slow")
+    def run(rec: JobRecorder) -> None:
+        rec.step(40, "waiting on something slow")
+        raise SoftTimeLimitExceeded()
+
+    job = make(world, "test-slow")
+    assert job_execute(job_id=job.pk) == "timeout"
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "time limit" in job.error
+    assert job.progress == 40

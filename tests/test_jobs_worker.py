@@ -164,3 +164,35 @@ def test_a_worker_killed_mid_deploy_leaves_exactly_one_endpoint(
     assert Endpoint.objects.filter(name="kill-smol").count() == 1
     assert Job.objects.filter(kind="deploy").count() == 1
     assert LocalKey.objects.filter(endpoint__name="kill-smol").count() == 2
+
+
+def test_cancel_while_provisioning_leaves_a_tracked_endpoint(transactional_db, catalog, settings):
+    from opsportal.inventory.services import local_workspace_ensure
+    from opsportal.jobs.services import job_cancel
+
+    workspace = local_workspace_ensure()
+    worker = start_worker(OPSPORTAL_RUNTIME_URL=f"http://127.0.0.1:{free_port()}")  # no runtime
+    try:
+        job = job_create(
+            kind="deploy",
+            target_label="cancel-smol",
+            workspace=workspace,
+            params={
+                "workspace_id": workspace.pk,
+                "offering": SMOL,
+                "kind": "serverless",
+                "name": "cancel-smol",
+                "terms_accepted": True,
+                "content_safety": True,
+            },
+        )
+        job = wait_job(job, timeout=90, until=lambda j: "Provisioning" in j.step)
+        job_cancel(job=job, user=None)
+        job = wait_job(job, timeout=30)
+    finally:
+        stop_worker(worker)
+    assert job.status == Job.Status.CANCELLED
+    assert "cancel-smol was created: it exists and is tracked" in job.error
+    endpoint = Endpoint.objects.get(name="cancel-smol", deleted_at__isnull=True)
+    assert job.endpoint == endpoint  # the console knows exactly what the job left behind
+    assert not any("Smoke test" in line for line in job.log)

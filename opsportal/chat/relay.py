@@ -7,6 +7,7 @@ which closes the upstream request, and the endpoint stops generating.
 
 import asyncio
 import json
+import re
 import time
 import weakref
 from collections import defaultdict
@@ -36,6 +37,18 @@ def client() -> httpx.AsyncClient:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
         )
     return found
+
+
+# An upstream chunk passes through only as one `data:` line of JSON: nothing that could name an
+# event or smuggle other fields into the page's stream.
+SAFE = re.compile(rb"data: ?\{[^\n]*\}\n\n")
+# A chunk that carries text: the first one marks the time to first token.
+CONTENT = re.compile(rb'"(?:content|text)": ?"[^"]')
+
+
+def data_event(data: dict[str, Any]) -> bytes:
+    """An unnamed event (the page's `message`): one chunk in the endpoint's own shape."""
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
@@ -121,11 +134,23 @@ class _Collected:
         return out
 
 
-async def relay(turn: ChatTurn, target: RelayTarget) -> AsyncIterator[bytes]:
+async def relay(
+    turn: ChatTurn, target: RelayTarget, *, claimed: "asyncio.Future[bool] | None" = None
+) -> AsyncIterator[bytes]:
+    """Relay one answer. `claimed`, when given, is the turn's claim, running while the upstream
+    request goes out: nothing is relayed or recorded unless it succeeds (another stream has
+    the turn otherwise, and this upstream request is closed at once)."""
     started = time.monotonic()
     got = _Collected()
     status, error = ChatTurn.Status.DONE, ""
     streaming = bool(target.body.get("stream"))
+    blocks: list[bytes] = []  # relayed upstream chunks, parsed when the answer ends
+
+    def collect() -> None:
+        for block in blocks:
+            got.take(json.loads(block[5:]), turn.mode)
+        blocks.clear()
+
     try:
         async with client().stream(
             "POST",
@@ -134,28 +159,46 @@ async def relay(turn: ChatTurn, target: RelayTarget) -> AsyncIterator[bytes]:
             headers={"Authorization": f"Bearer {target.key}"},
             timeout=httpx.Timeout(settings.OPSPORTAL_CHAT_TIMEOUT, connect=10.0),
         ) as upstream:
+            if claimed is not None and not await claimed:
+                yield event("stats", {"html": '<p class="muted">Answered in another window.</p>'})
+                yield event("done", {})
+                return
             if upstream.status_code != 200:
                 status = ChatTurn.Status.ERROR
                 error = explain(
                     upstream.status_code, upstream.headers, await upstream.aread(), turn.route
                 )
             elif streaming:
-                async for line in upstream.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                # Upstream events pass through as they are (the page reads each chunk itself):
+                # no parsing on the way, so the relay takes as little CPU as possible from the
+                # model beside it. The chunks are parsed once the answer is complete.
+                pending, ended = b"", False
+                async for raw in upstream.aiter_raw():
+                    pending += raw.replace(b"\r\n", b"\n")
+                    while not ended and (cut := pending.find(b"\n\n")) >= 0:
+                        block, pending = pending[: cut + 2], pending[cut + 2 :]
+                        if not block.startswith(b"data:"):
+                            continue
+                        if block.startswith(b"data: [DONE]"):
+                            ended = True
+                            break
+                        if b'"error"' in block:
+                            failure = json.loads(block[5:]).get("error")
+                            if failure:
+                                status = ChatTurn.Status.ERROR
+                                error = f"The endpoint failed mid-answer: {failure.get('message')}"
+                                ended = True
+                                break
+                        if got.first_at is None and CONTENT.search(block):
+                            got.first_at = time.monotonic()
+                        blocks.append(block)
+                        yield block if SAFE.fullmatch(block) else data_event(json.loads(block[5:]))
+                    if ended:
                         break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        status = ChatTurn.Status.ERROR
-                        error = f"The endpoint failed mid-answer: {chunk['error'].get('message')}"
-                        break
-                    for index, text in got.take(chunk, turn.mode):
-                        yield event("token", {"i": index, "t": text})
             else:
-                for index, text in got.take(json.loads(await upstream.aread()), turn.mode):
-                    yield event("token", {"i": index, "t": text})
+                answer = json.loads(await upstream.aread())
+                got.take(answer, turn.mode)
+                yield data_event(answer)
     except httpx.TimeoutException:
         status = ChatTurn.Status.ERROR
         error = (
@@ -168,8 +211,10 @@ async def relay(turn: ChatTurn, target: RelayTarget) -> AsyncIterator[bytes]:
         )
     except (asyncio.CancelledError, GeneratorExit):
         # The browser went away (or pressed stop): keep what arrived, then let go.
+        collect()
         await asyncio.shield(finish(turn, _fields(got, started, ChatTurn.Status.STOPPED, "")))
         raise
+    collect()
     html = await finish(turn, _fields(got, started, status, error))
     yield event("stats", {"html": html})
     yield event("done", {})

@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import close_old_connections
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare
 from django.utils.module_loading import import_string
@@ -23,6 +24,7 @@ from django.utils.module_loading import import_string
 from opsportal.accounts.models import ROLE_RANK, Role
 from opsportal.accounts.permissions import role_on
 from opsportal.chat import services
+from opsportal.chat.grants import grant_take
 from opsportal.chat.models import ChatTurn
 from opsportal.chat.relay import event, relay
 from opsportal.providers import ProviderError
@@ -110,11 +112,32 @@ def _cookie(scope: Scope, name: str) -> str | None:
     return None
 
 
-async def serve(scope: Scope, receive: Receive, send: Send, turn_id: int) -> None:
+def turn_claim(turn_id: int) -> bool:
+    """Take a pending turn for this stream: false when another stream already has it."""
     try:
-        turn, target, finished = await sync_to_async(stream_setup)(
-            _cookie(scope, settings.SESSION_COOKIE_NAME), turn_id
+        return bool(
+            ChatTurn.objects.filter(pk=turn_id, status=ChatTurn.Status.PENDING).update(
+                status=ChatTurn.Status.STOPPED
+            )
         )
+    finally:
+        close_old_connections()
+
+
+async def serve(scope: Scope, receive: Receive, send: Send, turn_id: int) -> None:
+    session_key = _cookie(scope, settings.SESSION_COOKIE_NAME)
+    grant = grant_take(turn_id=turn_id, session_key=session_key)
+    claimed: asyncio.Future[bool] | None = None
+    try:
+        if grant is not None:
+            # Resolved at the POST: the upstream request goes out at once, and the turn is
+            # claimed meanwhile; nothing is relayed unless the claim succeeds.
+            claimed = asyncio.ensure_future(
+                sync_to_async(turn_claim, thread_sensitive=False)(turn_id)
+            )
+            turn, target, finished = grant.turn, grant.target, ""
+        else:
+            turn, target, finished = await sync_to_async(stream_setup)(session_key, turn_id)
     except Refused as refused:
         await send(
             {
@@ -137,7 +160,7 @@ async def serve(scope: Scope, receive: Receive, send: Send, turn_id: int) -> Non
             ],
         }
     )
-    body = relay(turn, target) if target is not None else _replay(finished)
+    body = relay(turn, target, claimed=claimed) if target is not None else _replay(finished)
 
     async def pump() -> None:
         async for chunk in body:

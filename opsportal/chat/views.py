@@ -15,9 +15,11 @@ from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import has_role, mutation, require_role, team_ids_with_role
 from opsportal.chat import services
 from opsportal.chat.forms import ChatForm
+from opsportal.chat.grants import grant_issue
 from opsportal.chat.models import ChatTurn
 from opsportal.inventory.models import Endpoint, ProvisioningState
 from opsportal.inventory.selectors import visible_endpoints
+from opsportal.providers import ProviderError
 
 
 def _endpoint(request: HttpRequest, pk: int) -> Endpoint:
@@ -37,6 +39,16 @@ def tab_context(request: HttpRequest, endpoint: Endpoint) -> dict[str, object]:
 
 
 @mutation(Role.OPERATOR)
+def _grant(request: HttpRequest, turn: ChatTurn) -> None:
+    """Resolve the turn's target now, so its stream can start without a database round trip
+    (see opsportal.chat.grants). Without a key, the stream reports why, as before."""
+    try:
+        target = services.relay_target(turn)
+    except ProviderError:
+        return
+    grant_issue(session_key=request.session.session_key, turn=turn, target=target)
+
+
 def turn_create(request: HttpRequest, pk: int) -> HttpResponse:
     endpoint = _endpoint(request, pk)
     require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
@@ -50,6 +62,7 @@ def turn_create(request: HttpRequest, pk: int) -> HttpResponse:
         response["HX-Reswap"] = "outerHTML"
         return response
     turn = services.chat_turn_create(user=request.user, endpoint=endpoint, form=form)
+    _grant(request, turn)
     if not request.htmx:
         return HttpResponseRedirect(reverse("endpoint_detail", args=[pk]) + "?tab=chat")
     return render(request, "chat/_turn.html", {"turn": turn})
@@ -157,6 +170,8 @@ def compare_create(request: HttpRequest) -> HttpResponse:
         if errors:
             ChatTurn.objects.filter(compare_group=group).delete()
             turns = []
+        for turn in turns:
+            _grant(request, turn)
     status = 200 if turns else 422
     return render(
         request,

@@ -105,6 +105,45 @@ class CostWorkspaceDay(models.Model):
         return f"{self.day} {self.workspace_id}: {self.cost} {self.currency}"
 
 
+class CostMonth(models.Model):
+    """Monthly totals per team, offering and meter: the overview's totals and breakdowns."""
+
+    month = models.DateField(help_text="The first day of the month.")
+    team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
+    offering = models.ForeignKey(
+        "inventory.Offering", on_delete=models.SET_NULL, null=True, blank=True
+    )
+    meter = models.CharField(max_length=200)
+    unit = models.CharField(max_length=40, blank=True)
+    currency = models.CharField(max_length=3)
+    quantity = models.DecimalField(max_digits=24, decimal_places=6, default=0)
+    cost = models.DecimalField(max_digits=28, decimal_places=10, default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["month", "team"])]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.meter}: {self.cost} {self.currency}"
+
+
+class CostWorkspaceMonth(models.Model):
+    """Monthly totals per workspace: the overview's workspace breakdown."""
+
+    month = models.DateField()
+    workspace = models.ForeignKey(
+        "inventory.Workspace", on_delete=models.CASCADE, null=True, blank=True
+    )
+    team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
+    currency = models.CharField(max_length=3)
+    cost = models.DecimalField(max_digits=28, decimal_places=10, default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["month", "team"])]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.workspace_id}: {self.cost} {self.currency}"
+
+
 class CostPull(models.Model):
     """When an account's costs were last pulled, and how that went."""
 

@@ -57,6 +57,11 @@ class EndpointQuota:
     def warn(self) -> bool:
         return any(g.level != "ok" for g in self.gauges)
 
+    @property
+    def headline(self) -> list[Gauge]:
+        """For lists: the two figures that matter most, and any gauge over 80%."""
+        return [g for i, g in enumerate(self.gauges) if i < 2 or g.level != "ok"]
+
 
 def _per_minute(rows: Any) -> dict[int, dict[str, list[tuple[Any, int, int]]]]:
     out: dict[int, list[tuple[Any, int, int]]] = defaultdict(list)

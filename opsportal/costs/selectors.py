@@ -1,4 +1,4 @@
-"""Reading cost: the overview from the daily rollups, an endpoint's or a Marketplace
+"""Reading cost: the overview from the monthly and daily rollups, an endpoint's or a Marketplace
 subscription's meters from the daily rows. Every read is scoped to what the user may see."""
 
 import calendar
@@ -15,11 +15,12 @@ from opsportal.accounts.permissions import team_ids_for
 from opsportal.costs.models import (
     Budget,
     CostDaily,
+    CostMonth,
     CostPull,
     CostRollup,
-    CostSource,
-    CostWorkspaceDay,
+    CostWorkspaceMonth,
 )
+from opsportal.inventory.models import Provider
 
 ZERO = Decimal(0)
 
@@ -55,41 +56,58 @@ class Overview:
     chart: dict[str, Any]
     currencies: list[str] = field(default_factory=list)
     as_of: dict[str, Any] = field(default_factory=dict)
+    top: int = 50
+
+    @property
+    def top_workspaces(self) -> list[dict[str, Any]]:
+        return self.by_workspace[: self.top]
+
+    @property
+    def more_workspaces(self) -> int:
+        return max(0, len(self.by_workspace) - self.top)
 
 
 def cost_overview(
-    *, user: Any, month: date, team_id: int | None = None, workspace_id: int | None = None
+    *,
+    user: Any,
+    month: date,
+    team_id: int | None = None,
+    workspace_id: int | None = None,
+    top: int = 50,
 ) -> Overview:
+    """The month's totals and breakdowns from the monthly rollups, the chart from the daily
+    ones; for one workspace, from its own daily meter rows (few)."""
     first, last = month_bounds(month)
     today = timezone.localdate()
+    prev = previous_month(first)
     if workspace_id is not None:
-        # One workspace: its meter rows are few; read them directly.
-        base = _scoped(CostDaily.objects.filter(workspace_id=workspace_id), user)
-        ws_base = base
+        rows = _scoped(CostDaily.objects.filter(workspace_id=workspace_id), user)
+        in_month = rows.filter(day__gte=first, day__lte=last)
+        before = rows.filter(day__gte=prev, day__lt=first)
+        daily, ws_month = in_month, in_month
     else:
-        base = _scoped(CostRollup.objects.all(), user)
-        ws_base = _scoped(CostWorkspaceDay.objects.all(), user)
+        months = _scoped(CostMonth.objects.all(), user)
+        days = _scoped(CostRollup.objects.filter(day__gte=first, day__lte=last), user)
+        ws = _scoped(CostWorkspaceMonth.objects.filter(month=first), user)
         if team_id is not None:
-            base, ws_base = base.filter(team_id=team_id), ws_base.filter(team_id=team_id)
-    in_month = base.filter(day__gte=first, day__lte=last)
+            months, days, ws = (
+                months.filter(team_id=team_id),
+                days.filter(team_id=team_id),
+                ws.filter(team_id=team_id),
+            )
+        in_month, before = months.filter(month=first), months.filter(month=prev)
+        daily, ws_month = days, ws
     currencies = sorted(in_month.values_list("currency", flat=True).distinct().order_by())
     currency = currencies[0] if currencies else "USD"
     in_month = in_month.filter(currency=currency)
     total = in_month.aggregate(c=Sum("cost"))["c"] or ZERO
-    prev_first, prev_last = month_bounds(previous_month(month))
-    last_month = (
-        base.filter(day__gte=prev_first, day__lte=prev_last, currency=currency).aggregate(
-            c=Sum("cost")
-        )["c"]
-        or ZERO
-    )
+    last_month = before.filter(currency=currency).aggregate(c=Sum("cost"))["c"] or ZERO
     forecast = None
     if first <= today <= last:
         forecast = (total / today.day * last.day).quantize(Decimal("0.01"))
 
-    def grouped(qs: QuerySet, *keys: str, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        rows = qs.values(*keys, *extra).annotate(cost=Sum("cost")).order_by("-cost")
-        return list(rows)
+    def grouped(qs: QuerySet, *keys: str) -> list[dict[str, Any]]:
+        return list(qs.values(*keys).annotate(cost=Sum("cost")).order_by("-cost"))
 
     by_offering = grouped(
         in_month, "offering__model_name", "offering__model_version", "offering__slug"
@@ -100,18 +118,22 @@ def cost_overview(
         .order_by("-cost")
     )
     by_team = grouped(in_month, "team__name", "team__slug")
-    ws_month = ws_base.filter(day__gte=first, day__lte=last, currency=currency)
-    by_workspace = grouped(ws_month, "workspace_id", "workspace__name")
+    by_workspace = grouped(ws_month.filter(currency=currency), "workspace_id", "workspace__name")
     # Daily stacked by offering, every day of the month on the axis.
-    daily = in_month.values("day", "offering__model_name").annotate(cost=Sum("cost")).order_by()
+    per_day = (
+        daily.filter(currency=currency)
+        .values("day", "offering__model_name")
+        .annotate(cost=Sum("cost"))
+        .order_by()
+    )
     series: dict[str, dict[date, float]] = defaultdict(dict)
-    for row in daily:
+    for row in per_day:
         series[row["offering__model_name"] or "Other"][row["day"]] = float(row["cost"] or 0)
-    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    axis = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     chart = {
-        "labels": [d.strftime("%d") for d in days],
+        "labels": [d.strftime("%d") for d in axis],
         "datasets": [
-            {"label": name, "data": [round(values.get(d, 0.0), 6) for d in days]}
+            {"label": name, "data": [round(values.get(d, 0.0), 6) for d in axis]}
             for name, values in sorted(series.items())
         ],
         "currency": currency,
@@ -129,13 +151,16 @@ def cost_overview(
         chart=chart,
         currencies=currencies,
         as_of=data_as_of(),
+        top=top,
     )
 
 
 def data_as_of() -> dict[str, Any]:
     """When each source was last brought up to date."""
-    azure = CostPull.objects.aggregate(pulled=Max("pulled_at"), day=Min("data_as_of"))
-    local = CostDaily.objects.filter(source=CostSource.LOCAL).aggregate(at=Max("updated_at"))
+    azure = CostPull.objects.filter(account__provider=Provider.AZURE).aggregate(
+        pulled=Max("pulled_at"), day=Min("data_as_of")
+    )
+    local = CostPull.objects.filter(account__provider=Provider.LOCAL).aggregate(at=Max("pulled_at"))
     errors = [
         (p.account.display_name, p.error)
         for p in CostPull.objects.exclude(error="").select_related("account")[:10]

@@ -15,10 +15,12 @@ from django.utils import timezone
 
 from opsportal.costs.models import (
     CostDaily,
+    CostMonth,
     CostPull,
     CostRollup,
     CostSource,
     CostWorkspaceDay,
+    CostWorkspaceMonth,
 )
 from opsportal.inventory.models import (
     CloudAccount,
@@ -111,6 +113,12 @@ def local_costs_compute(*, days: Iterable[date] | None = None) -> int:
                 )
         written += _upsert(CostSource.LOCAL, day, rows, replace_day=True)
         rollups_rebuild(days=[day])
+    # "Data as of" for the local runtime, read by the cost pages without scanning the rows.
+    for account in CloudAccount.objects.filter(provider=Provider.LOCAL):
+        CostPull.objects.update_or_create(
+            account=account,
+            defaults={"pulled_at": timezone.now(), "data_as_of": max(days), "error": ""},
+        )
     return written
 
 
@@ -186,6 +194,50 @@ def rollups_rebuild(*, days: Iterable[date]) -> None:
                     cost=t["c"] or 0,
                 )
                 for t in rows.values("day", "workspace", "team", "currency")
+                .annotate(c=Sum("cost"))
+                .order_by()
+            ],
+            batch_size=1000,
+        )
+        months_rebuild(months={d.replace(day=1) for d in days})
+
+
+def months_rebuild(*, months: Iterable[date]) -> None:
+    """Monthly totals from the daily rollups of those months."""
+    for first in sorted(set(months)):
+        last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+        CostMonth.objects.filter(month=first).delete()
+        CostWorkspaceMonth.objects.filter(month=first).delete()
+        CostMonth.objects.bulk_create(
+            [
+                CostMonth(
+                    month=first,
+                    team_id=t["team"],
+                    offering_id=t["offering"],
+                    meter=t["meter"],
+                    unit=t["unit"],
+                    currency=t["currency"],
+                    quantity=t["q"] or 0,
+                    cost=t["c"] or 0,
+                )
+                for t in CostRollup.objects.filter(day__gte=first, day__lte=last)
+                .values("team", "offering", "meter", "unit", "currency")
+                .annotate(q=Sum("quantity"), c=Sum("cost"))
+                .order_by()
+            ],
+            batch_size=1000,
+        )
+        CostWorkspaceMonth.objects.bulk_create(
+            [
+                CostWorkspaceMonth(
+                    month=first,
+                    workspace_id=t["workspace"],
+                    team_id=t["team"],
+                    currency=t["currency"],
+                    cost=t["c"] or 0,
+                )
+                for t in CostWorkspaceDay.objects.filter(day__gte=first, day__lte=last)
+                .values("workspace", "team", "currency")
                 .annotate(c=Sum("cost"))
                 .order_by()
             ],

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
@@ -361,6 +362,14 @@ def job_execute(*, job_id: int) -> str:
             recorder.audit(f"{job.kind}.cancelled", result=AuditEvent.Result.FAILED)
             recorder.finish(cancelled=True, error=_cancel_note(recorder.job))
             return "cancelled"
+        except SoftTimeLimitExceeded:
+            message = (
+                f"Stopped after the worker's time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} "
+                "s). What was done is in the log; retry the job to continue from there."
+            )
+            recorder.audit(f"{job.kind}.failed", detail=message, result="failed")
+            recorder.finish(error=message)
+            return "timeout"
         except ProviderError as exc:
             recorder.step(recorder.job.progress, f"Failed: {exc.message}")
             recorder.audit(f"{job.kind}.failed", detail=exc.message, result="failed")

@@ -23,10 +23,15 @@
     if (bubble.dataset.started) return;
     bubble.dataset.started = "1";
     const source = new EventSource(bubble.dataset.streamUrl);
-    source.addEventListener("token", (e) => {
-      const d = JSON.parse(e.data);
-      choiceEl(bubble, d.i).textContent += d.t;  // text, never HTML
-    });
+    // Each unnamed event is one chunk in the endpoint's own shape (chat delta, chat message
+    // or completion text), passed through by the relay.
+    source.onmessage = (e) => {
+      const chunk = JSON.parse(e.data);
+      for (const c of chunk.choices || []) {
+        const text = (c.delta && c.delta.content) || (c.message && c.message.content) || c.text;
+        if (text) choiceEl(bubble, c.index || 0).textContent += text;  // text, never HTML
+      }
+    };
     source.addEventListener("stats", (e) => {
       bubble.querySelector("[data-stats]").innerHTML = JSON.parse(e.data).html;
     });
