@@ -4,9 +4,6 @@ The embedded phase runs it on the filesystem transport; the production phase on 
 """
 
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 from django.conf import settings
 
 from opsportal.celery import app
+from tests.worker_support import start_worker, stop_worker
 
 pytestmark = pytest.mark.production_path
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,34 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def worker():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "opsportal.settings"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "opsportal",
-            "worker",
-            "--pool",
-            "solo",
-            "-l",
-            "warning",
-            "-n",
-            f"test-{uuid.uuid4().hex[:8]}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    proc = start_worker()
     yield proc
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_worker(proc)
 
 
 def test_it_round_trips_a_task_through_the_broker(worker):

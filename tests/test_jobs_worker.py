@@ -196,3 +196,37 @@ def test_cancel_while_provisioning_leaves_a_tracked_endpoint(transactional_db, c
     endpoint = Endpoint.objects.get(name="cancel-smol", deleted_at__isnull=True)
     assert job.endpoint == endpoint  # the console knows exactly what the job left behind
     assert not any("Smoke test" in line for line in job.log)
+
+
+def test_a_managed_deployment_through_the_wizard(stack):
+    running, _, operator = stack
+    response = client_for(operator).post(
+        reverse("deploy_create"),
+        {
+            "workspace": running.workspace.pk,
+            "offering": offering(SMOL).pk,
+            "kind": "managed",
+            "endpoint_mode": "new",
+            "name": "smol-managed",
+            "deployment_name": "blue",
+            "vm_sku": "Local_1T_2K",
+            "instance_count": "1",
+            "traffic_percent": "100",
+            "content_safety": "on",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    job = wait_job(Job.objects.get(kind="deploy"))
+    assert job.status == Job.Status.SUCCEEDED, (job.error, job.log)
+    log = " ".join(job.log)
+    assert "cores needed, within quota" in log and "Deployment blue is provisioned" in log
+    assert "Marketplace" not in log  # managed compute: no Marketplace subscription
+    endpoint = Endpoint.objects.get(name="smol-managed", deleted_at__isnull=True)
+    (deployment,) = endpoint.deployments.filter(deleted_at__isnull=True)
+    assert (deployment.name, deployment.vm_sku, deployment.traffic_percent) == (
+        "blue",
+        "Local_1T_2K",
+        100,
+    )
+    key = secret_value(secret_current(endpoint=endpoint))
+    assert chat(endpoint.scoring_uri, key) == 200

@@ -38,7 +38,6 @@ def tab_context(request: HttpRequest, endpoint: Endpoint) -> dict[str, object]:
     }
 
 
-@mutation(Role.OPERATOR)
 def _grant(request: HttpRequest, turn: ChatTurn) -> None:
     """Resolve the turn's target now, so its stream can start without a database round trip
     (see opsportal.chat.grants). Without a key, the stream reports why, as before."""
@@ -49,6 +48,7 @@ def _grant(request: HttpRequest, turn: ChatTurn) -> None:
     grant_issue(session_key=request.session.session_key, turn=turn, target=target)
 
 
+@mutation(Role.OPERATOR)
 def turn_create(request: HttpRequest, pk: int) -> HttpResponse:
     endpoint = _endpoint(request, pk)
     require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)

@@ -11,13 +11,13 @@ from django.utils import timezone
 from opsportal.deployments.probe import endpoint_probe
 from opsportal.inventory.models import (
     Endpoint,
-    ManagedDeployment,
     MarketplaceSubscription,
     Offering,
     Provider,
     ProvisioningState,
     Workspace,
 )
+from opsportal.inventory.services import deployments_store
 from opsportal.jobs.services import JobRecorder, runner
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.store import secret_current, secret_publish, secret_value, secrets_forget
@@ -62,25 +62,8 @@ def endpoint_row_refresh(
             **({"model_id": info.model_id} if info.model_id else {}),
         },
     )
-    now = timezone.now()
-    names = []
-    for d in info.deployments:
-        names.append(d.name)
-        ManagedDeployment.objects.update_or_create(
-            endpoint=row,
-            name=d.name,
-            deleted_at__isnull=True,
-            defaults={
-                "vm_sku": d.instance_type,
-                "instance_count": max(1, d.instance_count),
-                "traffic_percent": max(0, min(100, d.traffic_percent)),
-                "state": d.state,
-            },
-        )
     if info.kind == Endpoint.Kind.MANAGED:
-        row.deployments.filter(deleted_at__isnull=True).exclude(name__in=names).update(
-            deleted_at=now
-        )
+        deployments_store(endpoint=row, deployments=info.deployments, now=timezone.now())
     return row
 
 

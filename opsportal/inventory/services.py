@@ -7,7 +7,7 @@ from typing import Any
 from django.db import transaction
 
 from opsportal.accounts.models import Team
-from opsportal.inventory.models import CloudAccount, Provider, Workspace
+from opsportal.inventory.models import CloudAccount, ManagedDeployment, Provider, Workspace
 
 OFFERINGS_FILE = Path(__file__).resolve().parent / "data" / "offerings.json"
 
@@ -49,3 +49,25 @@ def local_workspace_ensure() -> Workspace:
         defaults={"region": LOCAL_REGION, "provider": Provider.LOCAL, "team": team},
     )
     return workspace
+
+
+def deployments_store(*, endpoint: Any, deployments: Any, now: Any) -> None:
+    """An endpoint's deployments as the provider lists them; the ones it no longer lists are
+    marked deleted."""
+    names = []
+    for d in deployments:
+        names.append(d.name)
+        ManagedDeployment.objects.update_or_create(
+            endpoint=endpoint,
+            name=d.name,
+            deleted_at__isnull=True,
+            defaults={
+                "vm_sku": d.instance_type,
+                "instance_count": max(1, d.instance_count),
+                "traffic_percent": max(0, min(100, d.traffic_percent)),
+                "state": d.state,
+            },
+        )
+    endpoint.deployments.filter(deleted_at__isnull=True).exclude(name__in=names).update(
+        deleted_at=now
+    )

@@ -25,13 +25,13 @@ from opsportal.inventory.models import (
     CloudAccount,
     ComputeQuota,
     Endpoint,
-    ManagedDeployment,
     MarketplaceSubscription,
     Offering,
     Provider,
     VmSize,
     Workspace,
 )
+from opsportal.inventory.services import deployments_store
 from opsportal.providers.azure import (
     AzureProvider,
     EndpointInfo,
@@ -336,23 +336,7 @@ def _write_workspace(
                 "provisioning_state": e.provisioning_state,
             },
         )
-        dep_names = []
-        for d in e.deployments:
-            dep_names.append(d.name)
-            ManagedDeployment.objects.update_or_create(
-                endpoint=endpoint,
-                name=d.name,
-                deleted_at__isnull=True,
-                defaults={
-                    "vm_sku": d.instance_type,
-                    "instance_count": max(1, d.instance_count),
-                    "traffic_percent": max(0, min(100, d.traffic_percent)),
-                    "state": d.state,
-                },
-            )
-        endpoint.deployments.filter(deleted_at__isnull=True).exclude(name__in=dep_names).update(
-            deleted_at=now
-        )
+        deployments_store(endpoint=endpoint, deployments=e.deployments, now=now)
     report.endpoints += len(names)
     report.marked_deleted += (
         workspace.endpoints.filter(deleted_at__isnull=True)
