@@ -328,9 +328,18 @@ def test_it_queues_concurrent_requests_in_arrival_order(smol):
     uri, key = smol
     finished: list[int] = []
     lock = threading.Lock()
+    # Connected beforehand: a client's first request pays for its set-up, which would let a
+    # later request overtake it on the way to the gateway.
+    clients = [httpx.Client(timeout=60) for _ in range(4)]
+    for c in clients:
+        c.get(f"{uri}/swagger.json")
 
     def call(i: int) -> None:
-        post(uri, key, "/v1/completions", {"prompt": f"Story {i}:", "max_tokens": 12})
+        clients[i].post(
+            f"{uri}/v1/completions",
+            json={"prompt": f"Story {i}:", "max_tokens": 32},
+            headers={"Authorization": f"Bearer {key}"},
+        )
         with lock:
             finished.append(i)
 
@@ -338,9 +347,11 @@ def test_it_queues_concurrent_requests_in_arrival_order(smol):
     for i in range(4):
         threads.append(threading.Thread(target=call, args=(i,)))
         threads[-1].start()
-        time.sleep(0.05)  # arrival order 0, 1, 2, 3
+        time.sleep(0.1)  # arrival order 0, 1, 2, 3, all while the first is generating
     for t in threads:
         t.join(timeout=60)
+    for c in clients:
+        c.close()
     assert finished == [0, 1, 2, 3]
 
 
