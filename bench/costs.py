@@ -159,14 +159,17 @@ def measure(backend: str, runs: int) -> dict[str, dict[str, float]]:
     client.force_login(user)
     workspace = Workspace.objects.filter(account__is_demo=True).order_by("name").first()
     team = workspace.team_id
-    endpoint = Endpoint.objects.filter(workspace=workspace).order_by("name").first()
+    endpoint = Endpoint.objects.filter(workspace=workspace, kind="managed").order_by("name").first()
+    serverless = Endpoint.objects.filter(kind="serverless", workspace__account__is_demo=True)
+    serverless = serverless.order_by("name").first()
     last = previous_month(timezone.localdate())
     pages = {
         "overview": "/costs/",
         "overview_team": f"/costs/?team={team}",
         "overview_workspace": f"/costs/?workspace={workspace.pk}",
         "overview_last_month": f"/costs/?month={last:%Y-%m}",
-        "endpoint_cost_tab": f"/endpoints/{endpoint.pk}/?tab=usage",
+        "managed_cost_tab": f"/endpoints/{endpoint.pk}/?tab=usage",
+        "serverless_cost_tab": f"/endpoints/{serverless.pk}/?tab=usage",
         "quota": "/quota/",
     }
     results: dict[str, dict[str, float]] = {}
