@@ -343,3 +343,117 @@ def test_the_delete_job_waits_for_the_operation_then_forgets_the_row(arm, worksp
     endpoint.refresh_from_db()
     assert endpoint.deleted_at is not None
     assert len(calls_to(arm, "DELETE", "serverlessEndpoints/llama-chat")) == 1
+
+
+def test_the_deploy_job_on_managed_compute_checks_quota_then_creates_and_routes_traffic(
+    arm, workspace
+):
+    from tests.azure_support import ARM as ARM_HOST
+
+    workspace_body = example("workspaces/Workspace_Get.json")
+    workspace_body["location"] = "eastus2"
+    arm.add(responses.GET, url(W), json=workspace_body)
+    arm.add(
+        responses.GET, url(f"{LOC}/vmSizes"), json=example("quota/VirtualMachineSizes_List.json")
+    )
+    arm.add(
+        responses.GET,
+        url(f"{LOC}/usages"),
+        json=without_next_link(example("quota/Usages_List.json")),
+    )
+    endpoint = example("online/OnlineEndpoint_CreateOrUpdate.json", "200")
+    endpoint["name"] = "mixtral"
+    endpoint["location"] = "eastus2"
+    endpoint["properties"]["traffic"] = {}
+    endpoint["properties"]["scoringUri"] = "https://mixtral.eastus2.inference.ml.azure.com/score"
+    endpoint["properties"]["authMode"] = "Key"  # adapted: the console creates key-auth endpoints
+    arm.add(  # not there yet
+        responses.GET,
+        url(f"{W}/onlineEndpoints/mixtral"),
+        status=404,
+        json={"error": {"code": "ResourceNotFound", "message": "not found"}},
+    )
+    done = copy.deepcopy(endpoint)
+    done["properties"]["provisioningState"] = "Succeeded"
+
+    def put_endpoint(request):  # type: ignore[no-untyped-def]
+        # The resource as Azure keeps it: the traffic of the latest PUT.
+        done["properties"]["traffic"] = json.loads(request.body)["properties"].get("traffic", {})
+        return 200, {}, json.dumps(endpoint)
+
+    arm.add_callback(
+        responses.GET, url(f"{W}/onlineEndpoints/mixtral"), lambda r: (200, {}, json.dumps(done))
+    )
+    arm.add_callback(responses.PUT, url(f"{W}/onlineEndpoints/mixtral"), put_endpoint)
+    deployment = example("online/OnlineDeployment_CreateOrUpdate.json", "200")
+    deployment["id"] = f"{W.removeprefix(ARM_HOST)}/onlineEndpoints/mixtral/deployments/blue"
+    deployment["name"] = "blue"
+    ready = copy.deepcopy(deployment)
+    ready["properties"]["provisioningState"] = "Succeeded"
+    # The endpoint lists no deployment until blue is created (the SDK also lists them when it
+    # reads the endpoint, so the answer follows the PUT rather than a call count).
+    created: list[bool] = []
+
+    def put_deployment(request):  # type: ignore[no-untyped-def]
+        created.append(True)
+        return 200, {}, json.dumps(deployment)
+
+    def list_deployments(request):  # type: ignore[no-untyped-def]
+        return 200, {}, json.dumps({"value": [ready] if created else []})
+
+    arm.add_callback(
+        responses.PUT, url(f"{W}/onlineEndpoints/mixtral/deployments/blue"), put_deployment
+    )
+    arm.add(responses.GET, url(f"{W}/onlineEndpoints/mixtral/deployments/blue"), json=ready)
+    arm.add_callback(
+        responses.GET, url(f"{W}/onlineEndpoints/mixtral/deployments"), list_deployments
+    )
+    arm.add(
+        responses.GET,
+        url("https://eastus.api.azureml.ms/registrymanagement/v1.0/registries/azureml/discovery"),
+        status=404,
+    )
+    arm.add(
+        responses.POST,
+        url(f"{W}/onlineEndpoints/mixtral/listKeys"),
+        json=example("online/OnlineEndpoint_ListKeys.json"),
+    )
+    arm.add(responses.POST, "https://mixtral.eastus2.inference.ml.azure.com/score", json=ANSWER)
+    size = example("quota/VirtualMachineSizes_List.json")["value"][0]
+    job = Job.objects.create(
+        kind="deploy",
+        workspace=workspace,
+        target_label="mixtral",
+        params={
+            "workspace_id": workspace.pk,
+            "offering": "mixtral-8x7b-instruct-v01",
+            "kind": "managed",
+            "name": "mixtral",
+            "terms_accepted": False,
+            "content_safety": False,
+            "endpoint_mode": "new",
+            "deployment_name": "blue",
+            "vm_sku": size["name"],
+            "instance_count": 1,
+            "traffic_percent": 100,
+            "shared_quota": False,
+        },
+    )
+    assert job_execute(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).log
+    job.refresh_from_db()
+    log = " ".join(job.log)
+    assert "within quota" in log and "Deployment blue is provisioned" in log
+    assert not calls_to(arm, "PUT", "marketplaceSubscriptions")  # managed: no Marketplace
+    put_dep = calls_to(arm, "PUT", "deployments/blue")[0]
+    assert body_of(put_dep)["properties"]["instanceType"] == size["name"]
+    traffic = calls_to(arm, "PUT", "onlineEndpoints/mixtral?")[-1]
+    assert body_of(traffic)["properties"]["traffic"] == {"blue": 100}
+    row = Endpoint.objects.get(workspace=workspace, name="mixtral")
+    (dep,) = row.deployments.filter(deleted_at__isnull=True)
+    assert (row.kind, row.provisioning_state, dep.name, dep.traffic_percent) == (
+        "managed",
+        "Succeeded",
+        "blue",
+        100,
+    )
+    assert calls_to(arm, "POST", "/score")  # the smoke test reached the scoring URI
