@@ -38,7 +38,7 @@ def setup(runtime_port: int) -> None:
     _venv.django_on_own_database(VAR, "relay.sqlite3", OPSPORTAL_RUNTIME_PORT=str(runtime_port))
 
 
-def prepare() -> tuple[object, object, str, str]:
+def prepare(instance_type: str = "") -> tuple[object, object, str, str]:
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
@@ -54,9 +54,23 @@ def prepare() -> tuple[object, object, str, str]:
     Endpoint.objects.filter(name="bench-relay").delete()
     provider = for_workspace(workspace)
     provider.subscription_create(offering_slug="smollm2-135m-instruct")
-    provider.endpoint_create(
-        name="bench-relay", kind="serverless", offering_slug="smollm2-135m-instruct"
-    )
+    if instance_type:
+        # A managed deployment: the engine gets that instance type's threads (Local_1T_2K: one,
+        # leaving a core to the relay and the clients).
+        provider.endpoint_create(
+            name="bench-relay", kind="managed", offering_slug="smollm2-135m-instruct"
+        )
+        provider.deployment_create(
+            endpoint_name="bench-relay",
+            name="bench",
+            instance_type=instance_type,
+            instance_count=1,
+            traffic_percent=100,
+        )
+    else:
+        provider.endpoint_create(
+            name="bench-relay", kind="serverless", offering_slug="smollm2-135m-instruct"
+        )
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
     session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
@@ -112,11 +126,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="Passes over the 5 prompts.")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--instance-type",
+        default="",
+        help="Serve from a managed deployment of this local instance type (e.g. Local_1T_2K) "
+        "instead of the serverless endpoint, whose engine uses every core.",
+    )
     args = parser.parse_args()
 
     runtime_port, web_port = free_port(), free_port()
     setup(runtime_port)
-    user, endpoint, session_key, key = prepare()
+    user, endpoint, session_key, key = prepare(args.instance_type)
     procs = [
         subprocess.Popen(
             [sys.executable, "manage.py", "runtime", "--port", str(runtime_port)],
@@ -232,7 +252,8 @@ def main() -> None:
         p50("relay", 1),
     )
     print(
-        f"SmolLM2-135M, {len(results['direct'])} chats of {args.tokens} tokens each way, "
+        f"SmolLM2-135M ({args.instance_type or 'serverless, all cores'}), "
+        f"{len(results['direct'])} chats of {args.tokens} tokens each way, "
         "alternating"
     )
     print(f"{'path':34} {'TTFT p50 ms':>12} {'total p50 ms':>13}")
