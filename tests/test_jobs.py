@@ -278,3 +278,19 @@ def test_a_job_past_its_time_limit_fails_with_words_not_a_traceback(world):
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "time limit" in job.error
     assert job.progress == 40
+
+
+def test_a_step_that_must_finish_ignores_cancel_between_its_retries(world):
+    fn = flaky([ProviderError("Busy.", retryable=True, retry_after=0)])
+
+    @runner("test-must-finish")
+    def run(rec: JobRecorder) -> None:
+        job_cancel(job=rec.job, user=world.operator)
+        rec.call("Regenerating", fn, cancellable=False)  # retried despite the cancel request
+        rec.checkpoint("regenerated")
+        rec.boundary()  # the next step boundary honours it
+
+    job = make(world, "test-must-finish")
+    assert job_execute(job_id=job.pk) == "cancelled"
+    job.refresh_from_db()
+    assert CALLS == ["call", "call"] and job.state == {"regenerated": True}

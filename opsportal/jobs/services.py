@@ -249,11 +249,20 @@ class JobRecorder:
             self.job.endpoint = endpoint
             Job.objects.filter(pk=self.job.pk).update(endpoint=endpoint)
 
-    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        cancellable: bool = True,
+        **kwargs: Any,
+    ) -> T:
         """Call a provider, retrying what the provider says is transient, with back-off.
 
         The wait is the one the service asked for (Retry-After) when it gave one, else
-        exponential from OPSPORTAL_JOB_BACKOFF_SECONDS, capped at a minute."""
+        exponential from OPSPORTAL_JOB_BACKOFF_SECONDS, capped at a minute. Between attempts
+        a cancel request is honoured, unless the call is part of a step that must finish
+        (`cancellable=False`)."""
         attempts = settings.OPSPORTAL_JOB_RETRIES
         for attempt in range(1, attempts + 1):
             try:
@@ -271,7 +280,8 @@ class JobRecorder:
                     f"(attempt {attempt + 1} of {attempts}).",
                 )
                 time.sleep(wait)
-                self.boundary()
+                if cancellable:
+                    self.boundary()
         raise AssertionError("unreachable")
 
     def audit(self, action: str, *, detail: str = "", result: str = AuditEvent.Result.OK) -> None:

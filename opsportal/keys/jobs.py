@@ -34,8 +34,13 @@ def rotate_run(rec: JobRecorder) -> None:
         base = 5 + index * 45
         rec.boundary()
         rec.step(base, f"Regenerating the {slot} key")
+        # From here to the publish, the slot's step runs to its end, even if cancelled.
         keys = rec.call(
-            f"Regenerating the {slot} key", provider.key_regenerate, name=endpoint.name, slot=slot
+            f"Regenerating the {slot} key",
+            provider.key_regenerate,
+            name=endpoint.name,
+            slot=slot,
+            cancellable=False,
         )
         rec.audit("key.regenerate", detail=slot)
         new = getattr(keys, slot)
@@ -46,6 +51,7 @@ def rotate_run(rec: JobRecorder) -> None:
             scoring_uri=endpoint.scoring_uri,
             key=new,
             routes=routes,
+            cancellable=False,
         )
         rec.audit("key.verify", detail=f"{slot}: answered in {result.ms:.0f} ms")
         rec.step(base + 30, f"The new {slot} key works ({result.ms:.0f} ms); publishing it")
