@@ -148,3 +148,33 @@ def test_deploy_call_rotate_schedule_delete_in_the_browser(page, stack):
             continue
         assert first_key.encode() not in body, url
         assert new_key.encode() not in body, url
+
+
+def test_the_wizard_shows_managed_fields_and_checks_cores_live(page, stack):
+    page.goto(f"{stack.url}/deploy/")
+    assert not page.is_visible("#id_vm_sku")  # serverless: no VM size
+    assert page.is_visible("#id_accept_terms")
+    page.select_option("#id_workspace", label="local")
+    page.select_option("#id_offering", label="SmolLM2-135M-Instruct (Q4_1)")
+    page.check("#id_kind_1")  # managed compute
+    # The chosen workspace's VM sizes replace the free-text field.
+    page.wait_for_selector("select#id_vm_sku option[value=Local_2T_8K]", state="attached")
+    assert page.is_visible("#id_vm_sku") and not page.is_visible("#id_accept_terms")
+    page.fill("#id_name", "web-managed")
+    page.select_option("#id_vm_sku", "Local_2T_8K")
+    page.fill("#id_instance_count", "5")  # 10 cores on a machine that has fewer
+    page.locator("#id_instance_count").dispatch_event("change")
+    page.wait_for_selector("[data-check=quota][data-status=fail]")
+    assert "needs 10 local cores" in page.inner_text("[data-check=quota]")
+    page.fill("#id_instance_count", "1")
+    page.locator("#id_instance_count").dispatch_event("change")
+    page.wait_for_selector("[data-check=quota][data-status=ok]")
+    page.check("#id_shared_quota")
+    page.wait_for_selector("[data-check=shared_quota][data-status=warn]")
+    assert "168 hours" in page.inner_text("[data-check=shared_quota]")
+    # Submitting something the checks refuse keeps the form, with the error at the field.
+    page.fill("#id_name", "9-bad")
+    page.click("text=Start deployment")
+    page.wait_for_selector("#id_name_error, .errorlist")
+    assert "not a valid endpoint name" in page.content()
+    assert page.input_value("#id_instance_count") == "1"

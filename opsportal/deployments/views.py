@@ -39,7 +39,10 @@ def deploy_new(request: HttpRequest) -> HttpResponse:
 def deploy_preflight(request: HttpRequest) -> HttpResponse:
     """The live checklist: htmx sends the form's fields as they change."""
     form = DeployForm(request.GET, user=request.user)
-    return render(request, "deployments/deploy.html#checklist", {"checks": form.run_checks()})
+    checks = form.run_checks()
+    return render(
+        request, "deployments/deploy.html#checklist", {"checks": checks, "form": form, "oob": True}
+    )
 
 
 @mutation(Role.OPERATOR)
