@@ -63,7 +63,7 @@ class EndpointQuota:
         return [g for i, g in enumerate(self.gauges) if i < 2 or g.level != "ok"]
 
 
-def _per_minute(rows: Any) -> dict[int, dict[str, list[tuple[Any, int, int]]]]:
+def _per_minute(rows: Any) -> dict[int, list[tuple[Any, int, int]]]:
     out: dict[int, list[tuple[Any, int, int]]] = defaultdict(list)
     for r in rows:
         out[r["endpoint"]].append((r["minute"], r["requests"], r["tokens"] or 0))

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import mutation, require_role, visible_teams
+from opsportal.core.forms import plain_selects
 from opsportal.costs import quota as quotas
 from opsportal.costs.models import Budget, CostDaily
 from opsportal.costs.selectors import cost_overview, meter_days
@@ -37,21 +38,7 @@ class CostFilterForm(forms.Form):
         ]
 
     def selects(self) -> list[dict[str, Any]]:
-        """The team and workspace selects as plain data: Django's per-option widget templates
-        cost milliseconds at 500 workspaces, so the template writes the options itself."""
-        out = []
-        for name in ("team", "workspace"):
-            value = str(self.data.get(name, "")) if self.is_bound else ""
-            out.append(
-                {
-                    "name": name,
-                    "label": name.capitalize(),
-                    "options": [
-                        (str(v), text, str(v) == value) for v, text in self.fields[name].choices
-                    ],
-                }
-            )
-        return out
+        return plain_selects(self, ["team", "workspace"])
 
     def clean_month(self) -> date:
         raw = self.cleaned_data.get("month") or ""

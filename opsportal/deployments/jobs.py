@@ -17,7 +17,7 @@ from opsportal.inventory.models import (
     ProvisioningState,
     Workspace,
 )
-from opsportal.inventory.services import deployments_store
+from opsportal.inventory.services import endpoint_row_store
 from opsportal.jobs.services import JobRecorder, runner
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.store import secret_current, secret_publish, secret_value, secrets_forget
@@ -48,23 +48,7 @@ def endpoint_row_refresh(
     if workspace.provider == Provider.LOCAL:
         # The local runtime writes its rows itself.
         return Endpoint.objects.get(workspace=workspace, name=info.name, deleted_at__isnull=True)
-    row, _ = Endpoint.objects.update_or_create(
-        workspace=workspace,
-        name=info.name,
-        deleted_at__isnull=True,
-        defaults={
-            "kind": info.kind,
-            "offering": offering,
-            "region": workspace.region,
-            "scoring_uri": info.scoring_uri,
-            "provisioning_state": info.provisioning_state,
-            "status_message": info.status_message,
-            **({"model_id": info.model_id} if info.model_id else {}),
-        },
-    )
-    if info.kind == Endpoint.Kind.MANAGED:
-        deployments_store(endpoint=row, deployments=info.deployments, now=timezone.now())
-    return row
+    return endpoint_row_store(workspace=workspace, info=info, offering=offering, now=timezone.now())
 
 
 def endpoint_track(

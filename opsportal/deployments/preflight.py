@@ -2,7 +2,6 @@
 any provider call. The wizard shows the list live as fields change; submitting checks it again.
 """
 
-import re
 from dataclasses import dataclass, field
 
 from django.db.models import Sum
@@ -14,11 +13,8 @@ from opsportal.inventory.models import (
     Provider,
     Workspace,
 )
+from opsportal.providers.base import ENDPOINT_NAME_RE
 
-# Azure's endpoint name rule: 3-32 letters, digits and hyphens, starting with a letter and not
-# ending with a hyphen.
-NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
-DEPLOYMENT_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 SHARED_QUOTA_HOURS = 168
 MARKETPLACE_PERMISSIONS = (
     "Subscribing needs subscription-level rights: Owner or Contributor on the Azure "
@@ -243,7 +239,7 @@ def _name(spec: DeploySpec, ws: Workspace) -> Check:
     name = spec.name
     if not name:
         return Check("name", title, "todo", "Choose a name.", field="name")
-    if not NAME_RE.match(name):
+    if not ENDPOINT_NAME_RE.match(name):
         return Check(
             "name",
             title,
@@ -274,7 +270,7 @@ def _name(spec: DeploySpec, ws: Workspace) -> Check:
 
 def _managed(spec: DeploySpec, ws: Workspace, facts: ComputeFacts) -> list[Check]:
     checks = []
-    if not DEPLOYMENT_NAME_RE.match(spec.deployment_name):
+    if not ENDPOINT_NAME_RE.match(spec.deployment_name):
         checks.append(
             Check(
                 "deployment_name",

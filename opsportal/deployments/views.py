@@ -1,5 +1,4 @@
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 
@@ -9,7 +8,7 @@ from opsportal.deployments.forms import DeployForm, deployable_workspaces
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
 from opsportal.jobs.models import Job
-from opsportal.jobs.services import audit_record, job_create
+from opsportal.jobs.services import job_request
 
 
 def redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -67,27 +66,17 @@ def deploy_create(request: HttpRequest) -> HttpResponse:
     existing = (
         form.cleaned_data.get("existing") if params.get("endpoint_mode") == "existing" else None
     )
-    with transaction.atomic():
-        job = job_create(
-            kind="deploy",
-            target_label=params["name"],
-            requested_by=request.user,
-            workspace=form.cleaned_data["workspace"],
-            endpoint=existing,
-            params=params,
-        )
-        audit_record(
-            actor=request.user,
-            action="endpoint.deploy.requested",
-            object_type="endpoint",
-            object_label=params["name"],
-            workspace=form.cleaned_data["workspace"],
-            endpoint=existing,
-            job=job,
-            detail=f"{params['kind']} {params['offering']}"
-            + (", Marketplace terms accepted" if params.get("terms_accepted") else ""),
-            correlation_id=job.correlation_id,
-        )
+    job = job_request(
+        action="endpoint.deploy.requested",
+        detail=f"{params['kind']} {params['offering']}"
+        + (", Marketplace terms accepted" if params.get("terms_accepted") else ""),
+        kind="deploy",
+        target_label=params["name"],
+        requested_by=request.user,
+        workspace=form.cleaned_data["workspace"],
+        endpoint=existing,
+        params=params,
+    )
     return redirect(request, job.get_absolute_url())
 
 
@@ -132,27 +121,17 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
             },
             status=422,
         )
-    with transaction.atomic():
-        job = job_create(
-            kind="delete",
-            target_label=endpoint.name,
-            requested_by=request.user,
-            workspace=endpoint.workspace,
-            endpoint=endpoint,
-            params={
-                "workspace_id": endpoint.workspace_id,
-                "name": endpoint.name,
-                "endpoint_id": endpoint.pk,
-            },
-        )
-        audit_record(
-            actor=request.user,
-            action="endpoint.delete.requested",
-            object_type="endpoint",
-            object_label=endpoint.name,
-            workspace=endpoint.workspace,
-            endpoint=endpoint,
-            job=job,
-            correlation_id=job.correlation_id,
-        )
+    job = job_request(
+        action="endpoint.delete.requested",
+        kind="delete",
+        target_label=endpoint.name,
+        requested_by=request.user,
+        workspace=endpoint.workspace,
+        endpoint=endpoint,
+        params={
+            "workspace_id": endpoint.workspace_id,
+            "name": endpoint.name,
+            "endpoint_id": endpoint.pk,
+        },
+    )
     return redirect(request, job.get_absolute_url())

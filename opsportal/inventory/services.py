@@ -71,3 +71,26 @@ def deployments_store(*, endpoint: Any, deployments: Any, now: Any) -> None:
     endpoint.deployments.filter(deleted_at__isnull=True).exclude(name__in=names).update(
         deleted_at=now
     )
+
+
+def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: Any) -> Any:
+    """An endpoint's inventory row and its deployments' rows, as the provider describes them
+    (an EndpointInfo). The sync and the deploy job both write through here."""
+    from opsportal.inventory.models import Endpoint
+
+    defaults = {
+        "kind": info.kind,
+        "offering": offering,
+        "region": workspace.region,
+        "scoring_uri": info.scoring_uri,
+        "provisioning_state": info.provisioning_state,
+    }
+    if info.model_id:
+        defaults["model_id"] = info.model_id
+    if info.status_message:
+        defaults["status_message"] = info.status_message
+    endpoint, _ = Endpoint.objects.update_or_create(
+        workspace=workspace, name=info.name, deleted_at__isnull=True, defaults=defaults
+    )
+    deployments_store(endpoint=endpoint, deployments=info.deployments, now=now)
+    return endpoint

@@ -24,14 +24,13 @@ from django.utils import timezone
 from opsportal.inventory.models import (
     CloudAccount,
     ComputeQuota,
-    Endpoint,
     MarketplaceSubscription,
     Offering,
     Provider,
     VmSize,
     Workspace,
 )
-from opsportal.inventory.services import deployments_store
+from opsportal.inventory.services import endpoint_row_store
 from opsportal.providers.azure import (
     AzureProvider,
     EndpointInfo,
@@ -322,21 +321,9 @@ def _write_workspace(
     names = []
     for e in result.endpoints:
         names.append(e.name)
-        offering = by_slug.get(e.offering_slug)
-        endpoint, _ = Endpoint.objects.update_or_create(
-            workspace=workspace,
-            name=e.name,
-            deleted_at__isnull=True,
-            defaults={
-                "kind": e.kind,
-                "offering": offering,
-                "model_id": e.model_id,
-                "region": workspace.region,
-                "scoring_uri": e.scoring_uri,
-                "provisioning_state": e.provisioning_state,
-            },
+        endpoint_row_store(
+            workspace=workspace, info=e, offering=by_slug.get(e.offering_slug), now=now
         )
-        deployments_store(endpoint=endpoint, deployments=e.deployments, now=now)
     report.endpoints += len(names)
     report.marked_deleted += (
         workspace.endpoints.filter(deleted_at__isnull=True)

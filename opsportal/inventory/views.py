@@ -9,6 +9,7 @@ from django.utils.cache import patch_vary_headers
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import mutation, role_on
+from opsportal.core.forms import plain_selects
 from opsportal.costs.quota import endpoint_quotas
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
@@ -122,24 +123,7 @@ class EndpointFilterForm(forms.Form):
         self.fields["team"].choices = [("", "Any team"), *choices["teams"]]
 
     def selects(self) -> list[dict[str, object]]:
-        """The select fields as plain data: Django's per-option widget templates are too slow
-        for a 500-workspace list, so the template writes the options itself."""
-        cleaned = getattr(self, "cleaned_data", {})
-        selects = []
-        for name, field in self.fields.items():
-            if name == "q":
-                continue
-            value = "" if cleaned.get(name) in (None, "") else str(cleaned[name])
-            selects.append(
-                {
-                    "name": name,
-                    "id": f"id_{name}",
-                    "label": field.label or name.capitalize(),
-                    "options": [(str(v), text, str(v) == value) for v, text in field.choices],
-                    "errors": self.errors.get(name, []) if self.is_bound else [],
-                }
-            )
-        return selects
+        return plain_selects(self, [name for name in self.fields if name != "q"])
 
     def filters(self) -> selectors.EndpointFilters:
         # An invalid field drops out of cleaned_data (and shows its error); the rest still apply.

@@ -26,6 +26,7 @@ from opsportal.providers.base import ProviderError
 
 log = logging.getLogger("opsportal.jobs")
 MAX_LOG_LINES = 2000
+NOT_STARTED = "Cancelled before it started: nothing was changed."
 T = TypeVar("T")
 
 
@@ -84,17 +85,34 @@ def job_create(
     return job
 
 
+def job_request(*, action: str, detail: str = "", **job: Any) -> Job:
+    """A job asked for by someone (or the schedule), and its "requested" audit event, in one
+    transaction: the audit log shows what was asked even if the job never runs."""
+    with transaction.atomic():
+        created = job_create(**job)
+        audit_record(
+            actor=job.get("requested_by") or "schedule",
+            action=action,
+            object_type="endpoint",
+            object_label=created.target_label,
+            workspace=created.workspace,
+            endpoint=created.endpoint,
+            job=created,
+            detail=detail,
+            correlation_id=created.correlation_id,
+        )
+    return created
+
+
 def job_cancel(*, job: Job, user: Any) -> Job:
     """A pending job ends at once; a running one stops at its next step boundary."""
-    now = timezone.now()
-    if Job.objects.filter(pk=job.pk, status=Job.Status.PENDING).update(
+    ended_at_once = Job.objects.filter(pk=job.pk, status=Job.Status.PENDING).update(
         status=Job.Status.CANCELLED,
         cancel_requested=True,
-        finished_at=now,
-        error="Cancelled before it started: nothing was changed.",
-    ):
-        pass
-    else:
+        finished_at=timezone.now(),
+        error=NOT_STARTED,
+    )
+    if not ended_at_once:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
     audit_record(
@@ -353,7 +371,7 @@ def job_execute(*, job_id: int) -> str:
         return "gone"
     recorder = JobRecorder(job)
     if job.status == Job.Status.PENDING and job.cancel_requested:
-        recorder.finish(cancelled=True, error="Cancelled before it started: nothing was changed.")
+        recorder.finish(cancelled=True, error=NOT_STARTED)
         return "cancelled"
     if not recorder.claim(stale_after=settings.OPSPORTAL_JOB_STALE_SECONDS):
         return "busy"  # another worker holds it, or it was cancelled meanwhile

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from opsportal.inventory.models import Endpoint, ProvisioningState
 from opsportal.jobs.models import Job
-from opsportal.jobs.services import audit_record, job_create
+from opsportal.jobs.services import audit_record, job_request
 from opsportal.keys.models import RotationSchedule, SecretVersion
 from opsportal.keys.store import secret_latest_by_slot, secret_publish, secret_value
 from opsportal.providers import for_workspace
@@ -27,23 +27,14 @@ def rotation_request(*, endpoint: Endpoint, user: Any) -> tuple[Job, bool]:
         running = rotation_active(endpoint=endpoint)
         if running is not None:
             return running, False
-        job = job_create(
+        job = job_request(
+            action="key.rotate.requested",
             kind=ROTATION,
             target_label=endpoint.name,
             requested_by=user,
             workspace=endpoint.workspace,
             endpoint=endpoint,
             params={"endpoint_id": endpoint.pk},
-        )
-        audit_record(
-            actor=user or "schedule",
-            action="key.rotate.requested",
-            object_type="endpoint",
-            object_label=endpoint.name,
-            workspace=endpoint.workspace,
-            endpoint=endpoint,
-            job=job,
-            correlation_id=job.correlation_id,
         )
     return job, True
 

@@ -25,7 +25,7 @@ from opsportal.keys.services import (
     rotation_request,
     rotation_schedule_set,
 )
-from opsportal.keys.store import secret_current, secret_latest_by_slot
+from opsportal.keys.store import secret_latest_by_slot
 from opsportal.providers.base import ProviderError
 
 
@@ -42,7 +42,8 @@ class ScheduleForm(forms.Form):
 def keys_context(request: HttpRequest, endpoint: Endpoint) -> dict:
     """What the keys tab shows: fingerprints and versions, never a key."""
     latest = secret_latest_by_slot(endpoint=endpoint)
-    current = secret_current(endpoint=endpoint)
+    # The key in use is the newest published version, whichever slot it is.
+    current = max(latest.values(), key=lambda v: v.version, default=None)
     schedule = RotationSchedule.objects.filter(endpoint=endpoint).first()
     return {
         "slots": [(slot.value, slot.label, latest.get(slot.value)) for slot in KeySlot],

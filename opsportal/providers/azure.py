@@ -144,6 +144,7 @@ def translate(exc: Exception, *, action: str = "read", what: str = "") -> Provid
             )
         if status == 429:
             wait = _retry_after(exc)
+            wait = 30.0 if wait is None else wait
             return ProviderError(
                 f"Azure is throttling requests{subject}; wait {wait:g} s.",
                 retryable=True,
@@ -170,16 +171,21 @@ def _first_line(exc: Exception) -> str:
     return text.strip().splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _retry_after(exc: HttpResponseError) -> float:
+def _retry_after(
+    exc: HttpResponseError, names: tuple[str, ...] = ("retry-after", "x-ms-retry-after-ms")
+) -> float | None:
+    """The wait a throttled answer asked for, in seconds: the first of `names` (case does not
+    matter; a name ending in -ms is in milliseconds), or None when it asked for none."""
     headers = getattr(exc.response, "headers", {}) or {}
-    for name in ("Retry-After", "retry-after", "x-ms-retry-after-ms"):
-        if name in headers:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name in names:
+        if name in lowered:
             try:
-                value = float(headers[name])
+                value = float(lowered[name])
             except ValueError:
                 continue
             return value / 1000 if name.endswith("-ms") else value
-    return 30.0
+    return None
 
 
 def state_of(value: Any) -> str:
@@ -741,18 +747,6 @@ def cost_rows_parse(columns: list[str], rows: list[list[Any]]) -> list[CostRow]:
     return out
 
 
-def _cost_retry_after(exc: HttpResponseError) -> float | None:
-    headers = getattr(exc.response, "headers", {}) or {}
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for name in COST_RETRY_HEADERS:
-        if name in lowered:
-            try:
-                return float(lowered[name])
-            except ValueError:
-                continue
-    return None
-
-
 def cost_query(
     credential: Any,
     subscription_id: str,
@@ -788,7 +782,7 @@ def cost_query(
             except HttpResponseError as exc:
                 if exc.status_code != 429:
                     raise translate(exc, what=f"cost of subscription {subscription_id}") from exc
-                wait = _cost_retry_after(exc)
+                wait = _retry_after(exc, COST_RETRY_HEADERS)
                 wait = 60.0 if wait is None else wait
                 if waited + wait > max_wait_s:
                     raise ProviderError(

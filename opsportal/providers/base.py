@@ -1,8 +1,13 @@
 import contextlib
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# Azure's rule for endpoint and deployment names: letters, digits and hyphens, 3-32, starting
+# with a letter and not ending with a hyphen.
+ENDPOINT_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 
 
 class ProviderError(Exception):

@@ -5,7 +5,6 @@ state Creating with two fresh keys; the runtime process (opsportal.runtime.contr
 model and moves it to Succeeded, exactly as a caller would wait on ARM.
 """
 
-import re
 import secrets
 
 from django.db import IntegrityError, transaction
@@ -23,6 +22,7 @@ from opsportal.inventory.models import (
     Workspace,
 )
 from opsportal.providers.base import (
+    ENDPOINT_NAME_RE,
     CoreUsage,
     DeploymentInfo,
     EndpointInfo,
@@ -34,8 +34,6 @@ from opsportal.providers.base import (
 from opsportal.runtime.control import INSTANCE_TYPES, machine_cores, scoring_uri
 from opsportal.runtime.models import KeySlot, LocalKey
 
-# Azure's rule for endpoint names: letters, digits and hyphens, 3-32, starting with a letter.
-NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 CORE_FAMILY = "local"
 
 
@@ -130,7 +128,7 @@ class LocalProvider:
     def endpoint_create(
         self, *, name: str, kind: str, offering_slug: str, content_safety: bool = True
     ) -> EndpointInfo:
-        if not NAME_RE.match(name):
+        if not ENDPOINT_NAME_RE.match(name):
             raise ProviderError(
                 f"{name!r} is not a valid endpoint name: 3 to 32 letters, digits or hyphens, "
                 "starting with a letter and not ending with a hyphen.",
