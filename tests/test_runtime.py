@@ -324,15 +324,11 @@ def test_it_speaks_the_mistral_family_api(rt):
     assert too_long.json()["error"]["param"] == "max_tokens"
 
 
-def test_it_queues_concurrent_requests_in_arrival_order(smol):
+def test_it_queues_concurrent_requests_in_arrival_order(rt, smol):
     uri, key = smol
     finished: list[int] = []
     lock = threading.Lock()
-    # Connected beforehand: a client's first request pays for its set-up, which would let a
-    # later request overtake it on the way to the gateway.
     clients = [httpx.Client(timeout=60) for _ in range(4)]
-    for c in clients:
-        c.get(f"{uri}/swagger.json")
 
     def call(i: int) -> None:
         clients[i].post(
@@ -343,11 +339,22 @@ def test_it_queues_concurrent_requests_in_arrival_order(smol):
         with lock:
             finished.append(i)
 
+    def arrived() -> int:
+        """Requests the replica has taken in so far: queued or running, plus answered."""
+        with lock:
+            done = len(finished)
+        return done + sum(slot.waiting for slot in list(rt.runtime.slots.values()))
+
     threads = []
     for i in range(4):
+        # Arrival order 0, 1, 2, 3: each request is queued at the replica before the next is
+        # sent (on a busy machine a thread's start says nothing about when its request lands).
+        before = arrived()
         threads.append(threading.Thread(target=call, args=(i,)))
         threads[-1].start()
-        time.sleep(0.1)  # arrival order 0, 1, 2, 3, all while the first is generating
+        deadline = time.monotonic() + 30
+        while arrived() <= before and i not in finished and time.monotonic() < deadline:
+            time.sleep(0.005)
     for t in threads:
         t.join(timeout=60)
     for c in clients:
