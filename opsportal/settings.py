@@ -1,6 +1,6 @@
 """opsportal settings: every knob comes from the environment; defaults give the embedded run.
 
-Embedded default (no services): SQLite under var/, Celery over kombu's filesystem transport.
+Embedded default (no services): SQLite under var/, Celery's broker in a SQLite file too.
 Production: OPSPORTAL_PRODUCTION=true, DATABASE_URL=postgres://..., CELERY_BROKER_URL=redis://...
 """
 
@@ -177,26 +177,15 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
 # --- Celery -------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "").strip() or "filesystem://"
+# Embedded default: broker and results in one SQLite file (opsportal.core.broker), no server.
+_EMBEDDED_BROKER = f"sqlite:///{VAR_DIR / 'celery.sqlite3'}"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "").strip() or _EMBEDDED_BROKER
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "").strip() or (
-    f"file://{VAR_DIR / 'celery' / 'results'}"
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("sqlite:") else _EMBEDDED_BROKER
 )
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    _queue_dir = Path(
-        os.environ.get("OPSPORTAL_BROKER_DIR", VAR_DIR / "celery" / "broker")
-    ).resolve()
-    _queue_dir.mkdir(parents=True, exist_ok=True)
-    # In and out are one folder: the same queue is written by producers and read by workers.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue_dir),
-        "data_folder_out": str(_queue_dir),
-        "store_processed": False,
-        # Broadcast exchanges would otherwise land in ./control of the working directory.
-        "control_folder": str(_queue_dir.parent / "control"),
-    }
-if CELERY_RESULT_BACKEND.startswith("file://"):
-    Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+# Nothing reads a task's return value except the broker round-trip check (which asks for it).
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -206,22 +195,32 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Beat's minute ticks (the reaper, due rotations, beat's own heartbeat); tests shorten them.
+OPSPORTAL_TICK_SECONDS = float(os.environ.get("OPSPORTAL_TICK_SECONDS", "60"))
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
-    "heartbeat": {"task": "opsportal.core.tasks.heartbeat", "schedule": 60.0},
+    "heartbeat": {"task": "opsportal.core.tasks.heartbeat", "schedule": OPSPORTAL_TICK_SECONDS},
     # Jobs whose worker died are queued again; key rotations whose schedule is due start.
-    "jobs-reap": {"task": "opsportal.jobs.tasks.jobs_reap_scheduled", "schedule": 60.0},
-    "rotations-due": {"task": "opsportal.jobs.tasks.rotations_due", "schedule": 60.0},
+    "jobs-reap": {
+        "task": "opsportal.jobs.tasks.jobs_reap_scheduled",
+        "schedule": OPSPORTAL_TICK_SECONDS,
+    },
+    "rotations-due": {
+        "task": "opsportal.jobs.tasks.rotations_due",
+        "schedule": OPSPORTAL_TICK_SECONDS,
+    },
     # Local cost meters from the gateway's usage rows; Azure's from Cost Management, at most
     # every OPSPORTAL_COST_PULL_HOURS per subscription (the task checks each one's last pull).
     "local-costs": {
         "task": "opsportal.costs.tasks.local_costs_scheduled",
-        "schedule": float(os.environ.get("OPSPORTAL_LOCAL_COST_INTERVAL_SECONDS", "60")),
+        "schedule": float(
+            os.environ.get("OPSPORTAL_LOCAL_COST_INTERVAL_SECONDS", str(OPSPORTAL_TICK_SECONDS))
+        ),
     },
     "azure-costs": {"task": "opsportal.costs.tasks.azure_costs_scheduled", "schedule": 1800.0},
     # A no-op unless Azure is configured (see opsportal.providers.azure.azure_configuration).
     "azure-sync": {
         "task": "opsportal.inventory.tasks.azure_sync_scheduled",
-        "schedule": 60.0 * int(os.environ.get("AZURE_SYNC_INTERVAL_MINUTES", "30")),
+        "schedule": 60.0 * float(os.environ.get("AZURE_SYNC_INTERVAL_MINUTES", "30")),
     },
 }
 
@@ -258,6 +257,9 @@ OPSPORTAL_JOB_BACKOFF_SECONDS = float(os.environ.get("OPSPORTAL_JOB_BACKOFF_SECO
 OPSPORTAL_JOB_HEARTBEAT_SECONDS = float(os.environ.get("OPSPORTAL_JOB_HEARTBEAT_SECONDS", "15"))
 OPSPORTAL_JOB_STALE_SECONDS = float(os.environ.get("OPSPORTAL_JOB_STALE_SECONDS", "120"))
 OPSPORTAL_JOB_MAX_ATTEMPTS = int(os.environ.get("OPSPORTAL_JOB_MAX_ATTEMPTS", "3"))
+# A pending job whose message no worker took by then is queued again (a message a worker took
+# and then died with is gone on the embedded broker; running it twice is harmless: jobs claim).
+OPSPORTAL_JOB_LOST_SECONDS = float(os.environ.get("OPSPORTAL_JOB_LOST_SECONDS", "300"))
 OPSPORTAL_JOB_POLL_SECONDS = float(os.environ.get("OPSPORTAL_JOB_POLL_SECONDS", "2"))
 OPSPORTAL_DEPLOY_TIMEOUT = float(os.environ.get("OPSPORTAL_DEPLOY_TIMEOUT", "3600"))
 # The smoke test and rotation's key check: one short chat call each.

@@ -89,7 +89,7 @@ def main() -> int:
     codes: list[int] = [lint]
 
     with tempfile.TemporaryDirectory(prefix="opsportal-test-") as var:
-        banner("Phase 1: whole suite on the embedded default (SQLite, filesystem broker)")
+        banner("Phase 1: whole suite on the embedded default (SQLite, SQLite broker)")
         env = {**base_env, "OPSPORTAL_VAR_DIR": var}
         code, passed, failed = pytest(["-p", "no:cacheprovider"], env)
         codes.append(code)

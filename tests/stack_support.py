@@ -33,6 +33,10 @@ class Stack:
     def manage(self, *args: str) -> str:
         return manage(self.env, *args)
 
+    def log(self) -> str:
+        """What runstack and its processes printed so far."""
+        return (self.var / "runstack.log").read_text(errors="replace")
+
 
 def manage(env: dict[str, str], *args: str) -> str:
     out = subprocess.run(
@@ -72,6 +76,7 @@ def running_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
     )
     manage(env, "migrate", "-v0")
     manage(env, "bootstrap")
+    log = (var / "runstack.log").open("ab")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -86,8 +91,8 @@ def running_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
@@ -104,6 +109,7 @@ def running_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @contextmanager
@@ -121,3 +127,33 @@ def logged_in_page(stack: Stack) -> Iterator:
         page.wait_for_url(f"{stack.url}/")
         yield page
         browser.close()
+
+
+class Console:
+    """The console over HTTP as a logged-in browser sees it (session cookie, CSRF token)."""
+
+    def __init__(self, stack: Stack, username: str = ADMIN, password: str = PASSWORD) -> None:
+        import requests
+
+        self.stack = stack
+        self.http = requests.Session()
+        self.http.get(f"{stack.url}/login/", timeout=30)
+        response = self.post(
+            "/login/", {"username": username, "password": password}, allow_redirects=False
+        )
+        assert response.status_code == 302, response.text[:500]
+
+    def get(self, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        return self.http.get(f"{self.stack.url}{path}", timeout=60, **kwargs)
+
+    def post(  # type: ignore[no-untyped-def]
+        self, path: str, data: dict[str, object], headers: dict[str, str] | None = None, **kwargs
+    ):
+        token = self.http.cookies.get("csrftoken", "")
+        return self.http.post(
+            f"{self.stack.url}{path}",
+            data={"csrfmiddlewaretoken": token, **data},
+            headers={"X-CSRFToken": token, "Referer": f"{self.stack.url}{path}", **(headers or {})},
+            timeout=60,
+            **kwargs,
+        )

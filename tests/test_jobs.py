@@ -294,3 +294,20 @@ def test_a_step_that_must_finish_ignores_cancel_between_its_retries(world):
     assert job_execute(job_id=job.pk) == "cancelled"
     job.refresh_from_db()
     assert CALLS == ["call", "call"] and job.state == {"regenerated": True}
+
+
+def test_the_reaper_queues_again_a_pending_job_whose_message_no_worker_took(world, monkeypatch):
+    sent: list[int] = []
+    from opsportal.jobs import tasks
+
+    monkeypatch.setattr(tasks.job_run, "delay", sent.append)
+    lost = make(world, "test-x")
+    fresh = make(world, "test-x")
+    Job.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=6))
+    Job.objects.filter(pk=fresh.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    assert jobs_reap(stale_after=120, lost_after=300) == [lost.pk]
+    assert sent == [lost.pk]
+    lost.refresh_from_db()
+    # Still pending, now with the time it was queued again: not re-sent at the next tick.
+    assert lost.status == Job.Status.PENDING and lost.heartbeat_at is not None
+    assert jobs_reap(stale_after=120, lost_after=300) == []

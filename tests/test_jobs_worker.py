@@ -1,6 +1,6 @@
 """Deploy, rotate and delete for real: the console's views, a Celery worker in its own process,
-the broker of the phase (filesystem, then Redis), and the local runtime with the real model.
-Then the worker is killed in the middle of a deploy."""
+the broker of the phase (the embedded SQLite broker, then Redis), and the local runtime with
+the real model. Then the worker is killed in the middle of a deploy."""
 
 import signal
 

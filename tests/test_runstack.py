@@ -1,4 +1,5 @@
-"""`make run`'s last step: web + worker + beat in the foreground; Ctrl-C stops them all."""
+"""`make run`'s last step: web + worker + beat + runtime in the foreground, each started again
+when it exits; Ctrl-C stops them all."""
 
 import os
 import signal
@@ -30,7 +31,27 @@ def children_of(parent: int) -> list[int]:
     return pids
 
 
-def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def ready(port: int, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
+            if b'"status": "ok"' in body:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def start_stack(tmp_path: Path, port: int) -> subprocess.Popen[str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -40,8 +61,7 @@ def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=180
     )
-    port = free_port()
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "manage.py",
@@ -59,15 +79,13 @@ def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
+    port = free_port()
+    proc = start_stack(tmp_path, port)
     try:
-        body = b""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and b'"ok"' not in body:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
-            except OSError:
-                time.sleep(0.5)
-        assert b'"status": "ok"' in body
+        assert ready(port)
         pids = children_of(proc.pid)
         assert len(pids) == 4  # web, worker, beat, local runtime
         proc.send_signal(signal.SIGINT)
@@ -80,3 +98,39 @@ def test_it_starts_everything_and_stops_everything_on_ctrl_c(tmp_path):
         assert not Path(f"/proc/{pid}").exists(), f"child {pid} outlived Ctrl-C"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_it_starts_a_killed_process_again_and_keeps_serving(tmp_path):
+    port = free_port()
+    proc = start_stack(tmp_path, port)
+    try:
+        assert ready(port)
+        by_role = {
+            role: pid
+            for pid in children_of(proc.pid)
+            for role in ("worker", "beat", "runtime", "uvicorn")
+            if f" {role}" in cmdline(pid) or f"/{role}" in cmdline(pid)
+        }
+        assert set(by_role) == {"worker", "beat", "runtime", "uvicorn"}, by_role
+        for role in ("worker", "uvicorn"):
+            os.kill(by_role[role], signal.SIGKILL)
+        # Back-off starts at 1 s: both are back well within the wait below.
+        deadline = time.monotonic() + 60
+        fresh: dict[str, int] = {}
+        while time.monotonic() < deadline and len(fresh) < 2:
+            for pid in children_of(proc.pid):
+                for role in ("worker", "uvicorn"):
+                    if role in cmdline(pid) and pid != by_role[role]:
+                        fresh[role] = pid
+            time.sleep(0.5)
+        assert set(fresh) == {"worker", "uvicorn"}
+        assert ready(port)
+        assert proc.poll() is None, "runstack itself must keep running"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "worker exited with code -9; starting it again in 1 s" in out
+    assert "web exited with code -9; starting it again in 1 s" in out
+    assert "Stopped." in out

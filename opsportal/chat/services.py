@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from opsportal.chat.forms import ChatForm
 from opsportal.chat.models import ChatTurn
 from opsportal.inventory.models import Endpoint
+from opsportal.keys.store import secret_current, secret_value
 from opsportal.providers import ProviderError, for_workspace
 
 
@@ -110,9 +111,17 @@ def relay_target(turn: ChatTurn) -> RelayTarget:
     endpoint = turn.endpoint
     if not endpoint.scoring_uri:
         raise ProviderError("This endpoint has no scoring URI yet.")
-    keys = for_workspace(endpoint.workspace).keys_get(name=endpoint.name)
+    # The key consumers are told to use: the newest published version. Rotation publishes each
+    # new key before it regenerates the other, so this key works throughout a rotation, and
+    # no management call is made per turn. Endpoints the store knows nothing of yet (made
+    # outside the console) ask their provider.
+    current = secret_current(endpoint=endpoint)
+    if current is not None:
+        key = secret_value(current)
+    else:
+        key = for_workspace(endpoint.workspace).keys_get(name=endpoint.name).primary
     return RelayTarget(
-        url=endpoint.scoring_uri.rstrip("/") + turn.route, body=turn.request_body, key=keys.primary
+        url=endpoint.scoring_uri.rstrip("/") + turn.route, body=turn.request_body, key=key
     )
 
 

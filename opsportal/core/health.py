@@ -7,6 +7,8 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from kombu import Connection
 
+from opsportal.core import broker
+
 
 class Check(TypedDict):
     ok: bool
@@ -47,11 +49,9 @@ def check_broker() -> Check:
             connect_timeout=2,
         ) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-            if transport == "filesystem":
-                # This transport "connects" to anything: prove the queue folder takes writes.
-                folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_out"]
-                with open(f"{folder}/.readyz", "w") as probe:
-                    probe.write("ok")
+            if transport == broker.SCHEME:
+                # A virtual transport "connects" to anything: prove its file takes writes.
+                broker.writable(settings.CELERY_BROKER_URL)
     except Exception as exc:
         # The URL may carry a password: report the transport only.
         return {"ok": False, "detail": f"{transport} broker unreachable: {type(exc).__name__}"}

@@ -6,7 +6,7 @@ from celery import shared_task
 log = logging.getLogger(__name__)
 
 
-@shared_task
+@shared_task(ignore_result=False)
 def ping(payload: str) -> dict[str, object]:
     """Round trip through the broker: proves a worker took the message and answered."""
     import os

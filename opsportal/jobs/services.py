@@ -423,17 +423,19 @@ def _cancel_note(job: Job) -> str:
     return note or "Cancelled; every step that ran finished, and the inventory shows the result."
 
 
-def jobs_reap(*, stale_after: float | None = None) -> list[int]:
+def jobs_reap(*, stale_after: float | None = None, lost_after: float | None = None) -> list[int]:
     """Re-queue jobs whose worker died (heartbeat stopped) and pending jobs whose message was
     lost; give up on a job after OPSPORTAL_JOB_MAX_ATTEMPTS workers died running it."""
     from opsportal.jobs.tasks import job_run
 
     stale_after = settings.OPSPORTAL_JOB_STALE_SECONDS if stale_after is None else stale_after
+    lost_after = settings.OPSPORTAL_JOB_LOST_SECONDS if lost_after is None else lost_after
     now = timezone.now()
     stale = now - timedelta(seconds=stale_after)
     requeued: list[int] = []
-    # A pending job is only presumed lost much later: the queue may simply be long.
-    lost = now - timedelta(seconds=stale_after * 10)
+    # A pending job is presumed lost later than a running one: the queue may simply be long.
+    # Queueing it again is harmless when it was not lost: the first message claims the row.
+    lost = now - timedelta(seconds=max(lost_after, stale_after))
     for job in Job.objects.filter(
         Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale)
         | Q(status=Job.Status.PENDING, created_at__lt=lost, heartbeat_at__isnull=True)

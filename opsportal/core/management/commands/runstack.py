@@ -1,8 +1,8 @@
 """Run the whole embedded stack in the foreground: web, worker, beat and the local runtime.
 
-Ctrl-C stops them all. The runtime holds native inference code: if it dies it is started
-again (after a pause that grows while it keeps dying); if any other process dies, everything
-stops, so a broken install never looks half alive.
+A process that exits is started again, after a pause that grows while it keeps exiting (1, 2,
+4 ... 30 s; back to 1 s once it has stayed up for a minute), with a line saying so. Only Ctrl-C
+(or SIGTERM) stops them all.
 """
 
 import os
@@ -14,7 +14,9 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-RESTARTED = {"runtime"}
+MAX_PAUSE_S = 30.0
+# A process that stayed up this long was healthy: its next exit starts the back-off afresh.
+HEALTHY_AFTER_S = 60.0
 
 
 class Command(BaseCommand):
@@ -64,51 +66,58 @@ class Command(BaseCommand):
             "beat": [*celery, "beat", "-l", "info", "-s", settings.CELERY_BEAT_SCHEDULE_FILENAME],
             "runtime": [py, "manage.py", "runtime", "--port", str(runtime_port)],
         }
+        if settings.CELERY_BROKER_URL.startswith("sqlite:"):
+            # The embedded broker has no broadcast: nothing to exchange with other workers.
+            commands["worker"] += ["--without-mingle", "--without-gossip"]
         children: dict[str, subprocess.Popen[bytes]] = {}
-        restarts: dict[str, tuple[int, float]] = {}  # name -> (crashes in a row, restart at)
+        started_at: dict[str, float] = {}
+        crashes: dict[str, int] = {}
+        restart_at: dict[str, float] = {}
         stopping = False
 
         def stop(signum: int, frame: object) -> None:
             nonlocal stopping
             stopping = True
 
+        def start(name: str) -> None:
+            children[name] = subprocess.Popen(commands[name], start_new_session=True)
+            started_at[name] = time.monotonic()
+
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        for name, command in commands.items():
-            children[name] = subprocess.Popen(command, start_new_session=True)
+        for name in commands:
+            start(name)
         self.stdout.write(
             self.style.SUCCESS(
                 f"opsportal is running at http://{host}:{port}/ (web, worker, beat; local runtime "
                 f"gateway on port {runtime_port}). Ctrl-C stops it."
             )
         )
-        exit_code = 0
         while not stopping:
             now = time.monotonic()
             for name, child in list(children.items()):
                 if child.poll() is None:
                     continue
-                if name in RESTARTED:
-                    crashes, at = restarts.get(name, (0, 0.0))
-                    if at == 0.0:
-                        pause = min(30.0, 2.0**crashes)
-                        self.stderr.write(
-                            f"{name} exited with code {child.returncode}; "
-                            f"starting it again in {pause:.0f} s."
-                        )
-                        restarts[name] = (crashes + 1, now + pause)
-                    elif now >= at:
-                        children[name] = subprocess.Popen(commands[name], start_new_session=True)
-                        restarts[name] = (crashes, 0.0)
+                if name in restart_at:
+                    if now >= restart_at[name]:
+                        del restart_at[name]
+                        self._say(f"starting {name} again")
+                        start(name)
                     continue
-                self.stderr.write(f"{name} exited with code {child.returncode}; stopping the rest.")
-                exit_code = child.returncode or 1
-                stopping = True
-                break
+                if now - started_at[name] >= HEALTHY_AFTER_S:
+                    crashes[name] = 0
+                pause = min(MAX_PAUSE_S, 2.0 ** crashes.get(name, 0))
+                crashes[name] = crashes.get(name, 0) + 1
+                restart_at[name] = now + pause
+                self._say(
+                    f"{name} exited with code {child.returncode}; starting it again in "
+                    f"{pause:.0f} s (exit {crashes[name]} in a row)."
+                )
             time.sleep(0.5)
         self._stop_all(children)
-        if exit_code:
-            sys.exit(exit_code)
+
+    def _say(self, message: str) -> None:
+        self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runstack: {message}")
 
     def _stop_all(self, children: dict[str, "subprocess.Popen[bytes]"]) -> None:
         # The main process of each: Celery then stops its own pool (a warm shutdown).
