@@ -269,3 +269,6 @@ OPSPORTAL_PROBE_TIMEOUT = float(os.environ.get("OPSPORTAL_PROBE_TIMEOUT", "60"))
 OPSPORTAL_KEYVAULT_URL = os.environ.get("OPSPORTAL_KEYVAULT_URL", "").strip()
 # Cost Management is throttled per tenant: pull each subscription at most this often.
 OPSPORTAL_COST_PULL_HOURS = float(os.environ.get("OPSPORTAL_COST_PULL_HOURS", "6"))
+# Synced Azure workspaces are given the team this Azure tag names (on the workspace), by slug or
+# name, unless a superuser assigned one in the console.
+OPSPORTAL_TEAM_TAG = os.environ.get("OPSPORTAL_TEAM_TAG", "opsportal-team").strip()

@@ -12,7 +12,13 @@ from opsportal.providers.azure import (
     subscriptions_list,
     workspaces_list,
 )
-from opsportal.providers.base import CoreUsage, EndpointInfo, EndpointKeys, InstanceType
+from opsportal.providers.base import (
+    CoreUsage,
+    EndpointInfo,
+    EndpointKeys,
+    ErrorCode,
+    InstanceType,
+)
 from tests.azure_support import (
     ARM,
     LOC,
@@ -288,7 +294,8 @@ def test_it_explains_a_region_without_the_model(arm, workspace):
         provider(workspace).endpoint_create(
             name="llama-chat", kind="serverless", offering_slug="meta-llama-3-8b-instruct"
         )
-    assert caught.value.code == "ServerlessModelNotAvailableInRegion"
+    assert caught.value.code == ErrorCode.NOT_IN_REGION
+    assert caught.value.service_code == "ServerlessModelNotAvailableInRegion"
     assert "not offered as a serverless API in the workspace's region" in caught.value.message
 
 

@@ -152,16 +152,14 @@ def test_it_is_idempotent_and_marks_vanished_resources_deleted(catalog):
     assert Endpoint.objects.filter(deleted_at__isnull=True).count() == 1
 
 
-def test_it_sends_the_correlation_id_as_the_client_request_id(catalog):
+def test_it_sends_the_correlation_id_and_a_fresh_client_request_id_per_request(catalog):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
         canned_arm(rs)
         sync(correlation_id="job-1234")
-        sent = {
-            c.request.headers.get("x-ms-client-request-id")
-            for c in rs.calls
-            if "/workspaces/" in c.request.url
-        }
-    assert sent == {"job-1234"}
+        calls = [c for c in rs.calls if "/workspaces/" in c.request.url]
+    assert {c.request.headers.get("x-ms-correlation-request-id") for c in calls} == {"job-1234"}
+    client_ids = [c.request.headers.get("x-ms-client-request-id") for c in calls]
+    assert len(calls) > 3 and len(set(client_ids)) == len(calls) and None not in client_ids
 
 
 def test_it_keeps_to_the_bucket_rate():
@@ -178,13 +176,13 @@ def test_it_keeps_to_the_bucket_rate():
 
 
 def test_it_says_azure_is_not_configured_and_runs_on(db, monkeypatch, settings):
-    from opsportal.inventory.tasks import azure_sync
+    from opsportal.jobs.services import job_execute
 
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", "/nonexistent")
     job = Job.objects.create(kind="azure-sync", target_label="all")
-    azure_sync.run(job.pk)
+    job_execute(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "failed"
     assert job.error.startswith("Azure is not configured")
@@ -208,15 +206,20 @@ def test_it_shows_the_sync_on_the_subscriptions_page(
     assert client_for(world.admin).post(reverse("azure_sync_start")).status_code == 403
 
 
-def test_it_shows_per_workspace_results_on_the_job_page(catalog):
-    from opsportal.inventory.sync import azure_sync_job_run
+def test_it_shows_per_workspace_results_on_the_job_page(catalog, monkeypatch):
+    from opsportal.jobs.services import job_execute
+    from opsportal.providers import azure as azure_provider
     from tests.conftest import client_for
     from tests.factories import UserFactory
 
+    monkeypatch.setenv("AZURE_TENANT_ID", "t1")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "console")
+    monkeypatch.setattr(azure_provider, "default_credential", FakeCredential)
+    monkeypatch.setattr(azure_provider, "CLIENT_DEFAULTS", {"retry_total": 0})
     job = Job.objects.create(kind="azure-sync", target_label="all Azure subscriptions")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
         canned_arm(rs, broken=True)
-        azure_sync_job_run(job=job, credential=FakeCredential(), client_kwargs={"retry_total": 0})
+        job_execute(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "failed" and job.error.startswith("Some workspaces failed: ws-broken")
     root = UserFactory(username="root@example.com", is_superuser=True, is_staff=True)

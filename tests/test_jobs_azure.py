@@ -157,9 +157,16 @@ def test_the_deploy_job_subscribes_creates_waits_reads_keys_and_smoke_tests(arm,
     assert body_of(puts[-1])["properties"]["modelSettings"]["modelId"] == (
         offering("meta-llama-3-8b-instruct").registry_model_id
     )
-    # Every ARM request carried the job's correlation id as Azure's client request id.
-    ids = {c.request.headers.get("x-ms-client-request-id") for c in arm_calls(arm)}
+    # Every ARM request carried the job's correlation id, and client request ids of their own
+    # (a request the SDK sends again keeps its id); every call that changed something is in
+    # the job's log with ARM's request id.
+    calls = arm_calls(arm)
+    ids = {c.request.headers.get("x-ms-correlation-request-id") for c in calls}
     assert ids == {str(job.correlation_id)}
+    client_ids = [c.request.headers.get("x-ms-client-request-id") for c in calls]
+    assert None not in client_ids and str(job.correlation_id) not in client_ids
+    assert len(set(client_ids)) > len(calls) // 2
+    assert any(line.endswith("x-ms-request-id -") and "Azure PUT" in line for line in job.log)
     # The smoke test used the key Azure returned, and nothing else saw it.
     probe = calls_to(arm, "POST", "/v1/chat/completions")[0]
     assert (

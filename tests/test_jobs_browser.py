@@ -174,9 +174,9 @@ def test_the_wizard_shows_managed_fields_and_checks_cores_live(page, stack):
     page.fill("#id_instance_count", "1")
     page.locator("#id_instance_count").dispatch_event("change")
     page.wait_for_selector("[data-check=quota][data-status=ok]")
-    page.check("#id_shared_quota")
-    page.wait_for_selector("[data-check=shared_quota][data-status=warn]")
-    assert "168 hours" in page.inner_text("[data-check=shared_quota]")
+    # What the REST API cannot do is said, not offered.
+    assert page.locator("#id_shared_quota").count() == 0
+    assert "REST API has no setting to turn it on" in page.inner_text("fieldset.managed-only")
     # Submitting something the checks refuse keeps the form, with the error at the field.
     page.fill("#id_name", "9-bad")
     page.click("text=Start deployment")

@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class DeploymentsConfig(AppConfig):
     name = "opsportal.deployments"
     label = "deployments"
+
+    def ready(self) -> None:
+        # Registers this app's job runners (opsportal.jobs.services.runner).
+        from opsportal.deployments import jobs  # noqa: F401

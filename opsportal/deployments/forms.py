@@ -59,8 +59,11 @@ class DeployForm(forms.Form):
     traffic_percent = forms.IntegerField(
         min_value=0, max_value=100, initial=100, required=False, label="Traffic %"
     )
-    content_safety = forms.BooleanField(required=False, initial=True)
-    shared_quota = forms.BooleanField(required=False, label="Use shared quota")
+    data_collection = forms.BooleanField(
+        required=False,
+        label="Collect inference data (preview)",
+        help_text="Azure ML's data collector keeps the deployment's inputs and outputs.",
+    )
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,9 +120,7 @@ class DeployForm(forms.Form):
             existing_endpoint=data.get("existing"),
             deployment_name=(data.get("deployment_name") or "default").strip(),
             traffic_percent=100 if data.get("traffic_percent") is None else data["traffic_percent"],
-            # Serverless endpoints always pass content safety (DESIGN.md §1).
-            content_safety=bool(data.get("content_safety")) if managed else True,
-            shared_quota=bool(data.get("shared_quota")) if managed else False,
+            data_collection=bool(data.get("data_collection")) if managed else False,
         )
 
     def clean(self) -> dict[str, Any]:
@@ -160,7 +161,6 @@ class DeployForm(forms.Form):
             "kind": spec.kind,
             "name": name,
             "terms_accepted": spec.accept_terms,
-            "content_safety": spec.content_safety,
             **(
                 {
                     "endpoint_mode": spec.endpoint_mode,
@@ -168,7 +168,7 @@ class DeployForm(forms.Form):
                     "vm_sku": spec.vm_sku,
                     "instance_count": spec.instance_count,
                     "traffic_percent": spec.traffic_percent,
-                    "shared_quota": spec.shared_quota,
+                    "data_collection": spec.data_collection,
                 }
                 if managed
                 else {}

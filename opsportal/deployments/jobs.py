@@ -1,8 +1,10 @@
-"""The deploy and delete jobs. Each step is recorded, and what is done is checkpointed, so a job
-re-run after a lost worker continues; a cancel stops at the next step boundary."""
+"""The deploy and delete jobs, and the changes to a managed endpoint's deployments (scale,
+traffic, remove one). Each is a short list of steps; each step is recorded and checkpointed
+(JobRecorder.phase), so a job re-run after a lost worker continues where it stopped, and a
+cancel stops at the next step boundary."""
 
 import time
-from typing import Any
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -13,51 +15,50 @@ from opsportal.inventory.models import (
     Endpoint,
     MarketplaceSubscription,
     Offering,
-    Provider,
     ProvisioningState,
     Workspace,
 )
 from opsportal.inventory.services import endpoint_row_store
+from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, runner
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.store import secret_current, secret_publish, secret_value, secrets_forget
-from opsportal.providers import for_workspace
-from opsportal.providers.base import EndpointInfo, ProviderError
+from opsportal.providers.base import (
+    EndpointInfo,
+    ErrorCode,
+    MarketplaceStatus,
+    ProviderError,
+    WorkspaceBackend,
+)
 
 TERMINAL_BAD = (ProvisioningState.FAILED, ProvisioningState.CANCELED)
 
 
-def provider_for(rec: JobRecorder, workspace: Workspace) -> Any:
-    # The correlation id travels to Azure as the client request id of every call.
-    return for_workspace(workspace, correlation_id=str(rec.job.correlation_id))
-
-
-def endpoint_find(rec: JobRecorder, provider: Any, name: str) -> EndpointInfo | None:
+def endpoint_find(rec: JobRecorder, provider: WorkspaceBackend, name: str) -> EndpointInfo | None:
     try:
         return rec.call(f"Reading {name}", provider.endpoint_get, name)
     except ProviderError as exc:
-        if exc.code == "NotFound":
+        if exc.code == ErrorCode.NOT_FOUND:
             return None
         raise
 
 
 def endpoint_row_refresh(
-    *, workspace: Workspace, info: EndpointInfo, offering: Offering | None
+    *, provider: WorkspaceBackend, workspace: Workspace, info: EndpointInfo, offering: Offering
 ) -> Endpoint:
     """The inventory row of an endpoint as the provider describes it now."""
-    if workspace.provider == Provider.LOCAL:
-        # The local runtime writes its rows itself.
-        return Endpoint.objects.get(workspace=workspace, name=info.name, deleted_at__isnull=True)
-    return endpoint_row_store(workspace=workspace, info=info, offering=offering, now=timezone.now())
+    if not provider.owns_inventory:
+        endpoint_row_store(workspace=workspace, info=info, offering=offering, now=timezone.now())
+    return Endpoint.objects.get(workspace=workspace, name=info.name, deleted_at__isnull=True)
 
 
 def endpoint_track(
-    *, workspace: Workspace, name: str, kind: str, offering: Offering, content_safety: bool
+    *, provider: WorkspaceBackend, workspace: Workspace, name: str, kind: str, offering: Offering
 ) -> Endpoint | None:
     """Before asking Azure, write the row the console will follow: a worker that dies during
     the call leaves a tracked endpoint in Creating, never an untracked one."""
-    if workspace.provider == Provider.LOCAL:
-        return None  # the local provider's create writes the row
+    if provider.owns_inventory:
+        return None  # the provider's create writes the row
     try:
         with transaction.atomic():
             row, _ = Endpoint.objects.get_or_create(
@@ -69,21 +70,23 @@ def endpoint_track(
                     "offering": offering,
                     "region": workspace.region,
                     "provisioning_state": ProvisioningState.CREATING,
-                    "content_safety": content_safety,
+                    # Azure applies content safety to every serverless endpoint, never (through
+                    # this API) to managed compute.
+                    "content_safety": kind == Endpoint.Kind.SERVERLESS,
                 },
             )
     except IntegrityError:
         raise ProviderError(
             f"Another endpoint called {name} appeared in {workspace.region} meanwhile; choose "
             "another name.",
-            code="Conflict",
+            code=ErrorCode.CONFLICT,
         ) from None
     return row
 
 
 def wait_provisioned(
     rec: JobRecorder,
-    provider: Any,
+    provider: WorkspaceBackend,
     name: str,
     *,
     start: int,
@@ -98,7 +101,9 @@ def wait_provisioned(
     while True:
         info = endpoint_find(rec, provider, name)
         if info is None:
-            raise ProviderError(f"{name} disappeared while it was being created.", code="NotFound")
+            raise ProviderError(
+                f"{name} disappeared while it was being changed.", code=ErrorCode.NOT_FOUND
+            )
         state = info.provisioning_state
         if deployment:
             found = [d for d in info.deployments if d.name == deployment]
@@ -110,17 +115,15 @@ def wait_provisioned(
             raise ProviderError(
                 f"{name}{'/' + deployment if deployment else ''} ended {state}: {reason}. "
                 "Delete it, fix the cause, and deploy again.",
-                code="ProvisioningFailed",
+                code=ErrorCode.PROVISIONING_FAILED,
             )
         if time.monotonic() > deadline:
             raise ProviderError(
                 f"{name} was still {state} after {settings.OPSPORTAL_DEPLOY_TIMEOUT:.0f} s. It "
                 "is tracked in the inventory; retry this job to keep waiting.",
-                retryable=False,
-                code="Timeout",
+                code=ErrorCode.TIMEOUT,
             )
-        elapsed = time.monotonic() - began
-        progress = start + int((end - start) * min(0.95, elapsed / 120))
+        progress = start + int((end - start) * min(0.95, (time.monotonic() - began) / 120))
         if state != last_state:
             rec.step(progress, f"Provisioning: {state}")
             last_state = state
@@ -130,217 +133,267 @@ def wait_provisioned(
         time.sleep(settings.OPSPORTAL_JOB_POLL_SECONDS)
 
 
-@runner("deploy")
+# --- deploy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Deploy:
+    """What one deploy job works on, read once from its parameters."""
+
+    rec: JobRecorder
+    workspace: Workspace
+    offering: Offering
+    provider: WorkspaceBackend
+    name: str
+    kind: str
+
+    @classmethod
+    def load(cls, rec: JobRecorder) -> "Deploy":
+        p = rec.job.params
+        workspace = Workspace.objects.select_related("account").get(pk=p["workspace_id"])
+        return cls(
+            rec=rec,
+            workspace=workspace,
+            offering=Offering.objects.get(slug=p["offering"]),
+            provider=rec.provider(workspace),
+            name=p["name"],
+            kind=p["kind"],
+        )
+
+    @property
+    def params(self) -> dict:
+        return self.rec.job.params
+
+    @property
+    def managed(self) -> bool:
+        return self.kind == Endpoint.Kind.MANAGED
+
+    @property
+    def new_endpoint(self) -> bool:
+        return not self.managed or self.params.get("endpoint_mode", "new") == "new"
+
+    @property
+    def deployment(self) -> str:
+        return self.params.get("deployment_name") or "default"
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint.objects.get(
+            workspace=self.workspace, name=self.name, deleted_at__isnull=True
+        )
+
+
+@runner(Job.Kind.DEPLOY)
 def deploy_run(rec: JobRecorder) -> None:
-    p = rec.job.params
-    workspace = Workspace.objects.select_related("account").get(pk=p["workspace_id"])
-    offering = Offering.objects.get(slug=p["offering"])
-    provider = provider_for(rec, workspace)
-    name, kind = p["name"], p["kind"]
-    managed = kind == Endpoint.Kind.MANAGED
-    new_endpoint = not managed or p.get("endpoint_mode", "new") == "new"
+    d = Deploy.load(rec)
     rec.step(
         2,
-        f"Deploying {offering.display_name} as {Endpoint.Kind(kind).label.lower()} endpoint "
-        f"{name} in {workspace.name} ({workspace.region}); correlation id "
+        f"Deploying {d.offering.display_name} as {Endpoint.Kind(d.kind).label.lower()} endpoint "
+        f"{d.name} in {d.workspace.name} ({d.workspace.region}); correlation id "
         f"{rec.job.correlation_id}",
     )
-
-    if kind == Endpoint.Kind.SERVERLESS and not rec.done("subscribed"):
-        rec.boundary()
-        rec.step(5, "Checking the Marketplace subscription")
-        slug = offering.slug
-        if rec.call("Marketplace", provider.subscription_exists, offering_slug=slug):
-            rec.step(10, "Already subscribed: continuing to deploy")
-        else:
-            if not p.get("terms_accepted"):
-                raise ProviderError(
-                    f"{workspace.name} is not subscribed to {offering.display_name} and the "
-                    "Marketplace terms were not accepted. Deploy again from the wizard and accept "
-                    "them.",
-                    code="TermsNotAccepted",
-                )
-            rec.step(7, f"Subscribing {workspace.name} to {offering.display_name} (terms accepted)")
-            state = rec.call("Subscribing", provider.subscription_create, offering_slug=slug)
-            if state not in (ProvisioningState.SUCCEEDED, MarketplaceSubscription.State.SUCCEEDED):
-                raise ProviderError(
-                    f"The Marketplace subscription ended {state}. Check the subscription's "
-                    "payment method and your permissions, then retry.",
-                    code="SubscriptionFailed",
-                )
-            MarketplaceSubscription.objects.get_or_create(
-                workspace=workspace,
-                offering=offering,
-                deleted_at__isnull=True,
-                defaults={"name": slug, "state": MarketplaceSubscription.State.SUCCEEDED},
-            )
-            rec.audit("marketplace.subscribe", detail=f"terms accepted for {offering.display_name}")
-            rec.step(10, "Subscribed")
-        rec.checkpoint("subscribed")
-
-    if managed and not rec.done("quota_checked"):
-        rec.boundary()
-        rec.step(12, "Checking the VM size and the core quota with the provider")
-        sizes = {t.name: t for t in rec.call("VM sizes", provider.instance_types)}
-        size = sizes.get(p["vm_sku"])
-        if size is None:
-            raise ProviderError(
-                f"{p['vm_sku']} is not offered in {workspace.region}; choose one of "
-                f"{', '.join(sorted(sizes)) or 'none'}.",
-                code="InvalidInstanceType",
-            )
-        usage = {u.family: u for u in rec.call("Core quota", provider.core_usage)}
-        needed = size.cores * p["instance_count"]
-        quota = usage.get(size.family)
-        if quota is not None and needed > quota.headroom:
-            raise ProviderError(
-                f"Not enough cores: {needed} {size.family} cores needed, {quota.headroom} of "
-                f"{quota.limit} free in {workspace.region}. Choose fewer instances or a smaller "
-                "size, or ask for more quota.",
-                code="QuotaExceeded",
-            )
-        rec.step(15, f"{needed} cores needed, within quota")
-        rec.checkpoint("quota_checked")
-
-    if new_endpoint and not rec.done("endpoint_created"):
-        rec.boundary()
-        rec.step(20, f"Creating endpoint {name}")
-        content_safety = bool(p.get("content_safety", True))
-        row = endpoint_track(
-            workspace=workspace,
-            name=name,
-            kind=kind,
-            offering=offering,
-            content_safety=content_safety,
+    if not d.managed:
+        rec.phase("subscribed", 5, "Checking the Marketplace subscription", lambda: subscribe(d))
+    if d.managed:
+        rec.phase(
+            "quota_checked",
+            12,
+            "Checking the VM size and the core quota with the provider",
+            lambda: quota_check(d),
         )
-        if row is not None:
-            rec.attach(endpoint=row)
-        existing = endpoint_find(rec, provider, name)
-        if existing is not None and existing.kind != kind:
-            raise ProviderError(
-                f"An endpoint called {name} already exists and is {existing.kind}; choose "
-                "another name.",
-                code="Conflict",
-            )
-        if existing is None:
-            rec.call(
-                f"Creating {name}",
-                provider.endpoint_create,
-                name=name,
-                kind=kind,
-                offering_slug=offering.slug,
-                content_safety=content_safety,
-            )
-        else:
-            rec.step(22, f"{name} exists already (an earlier attempt created it): continuing")
-        rec.attach(
-            endpoint=Endpoint.objects.get(workspace=workspace, name=name, deleted_at__isnull=True)
-        )
-        rec.checkpoint(
-            "cancel_note",
-            f"Cancelled after {name} was created: it exists and is tracked in the inventory. "
-            "Delete it, or retry this job to finish the deployment.",
-        )
-        rec.checkpoint("endpoint_created")
-        rec.audit("endpoint.create", detail=f"{kind} endpoint of {offering.display_name}")
-
-    info = wait_provisioned(rec, provider, name, start=25, end=60)
-    endpoint_row_refresh(workspace=workspace, info=info, offering=offering)
-    rec.step(60, f"{name} is provisioned")
+    if d.new_endpoint:
+        rec.phase("endpoint_created", 20, f"Creating endpoint {d.name}", lambda: endpoint_make(d))
+    info = wait_provisioned(rec, d.provider, d.name, start=25, end=60)
+    endpoint_row_refresh(provider=d.provider, workspace=d.workspace, info=info, offering=d.offering)
+    rec.step(60, f"{d.name} is provisioned")
     if rec.job.endpoint_id is None:
-        rec.attach(
-            endpoint=Endpoint.objects.get(workspace=workspace, name=name, deleted_at__isnull=True)
+        rec.attach(endpoint=d.endpoint())
+    if d.managed:
+        rec.phase(
+            "deployment_created",
+            62,
+            f"Creating deployment {d.deployment} ({d.params['vm_sku']} x "
+            f"{d.params['instance_count']}, {d.params['traffic_percent']}% of traffic)",
+            lambda: deployment_make(d, info),
         )
-
-    if managed:
-        deployment = p.get("deployment_name") or "default"
-        if not rec.done("deployment_created"):
-            rec.boundary()
-            if deployment not in {d.name for d in info.deployments}:
-                rec.step(
-                    62,
-                    f"Creating deployment {deployment} ({p['vm_sku']} x "
-                    f"{p['instance_count']}, {p['traffic_percent']}% of traffic)",
-                )
-                rec.call(
-                    f"Creating deployment {deployment}",
-                    provider.deployment_create,
-                    endpoint_name=name,
-                    name=deployment,
-                    instance_type=p["vm_sku"],
-                    instance_count=p["instance_count"],
-                    traffic_percent=p["traffic_percent"],
-                )
-            rec.checkpoint("deployment_created")
-            rec.audit("deployment.create", detail=f"{deployment} on {p['vm_sku']}")
-        info = wait_provisioned(rec, provider, name, start=64, end=78, deployment=deployment)
-        endpoint_row_refresh(workspace=workspace, info=info, offering=offering)
-        rec.step(78, f"Deployment {deployment} is provisioned")
-
-    endpoint = Endpoint.objects.get(workspace=workspace, name=name, deleted_at__isnull=True)
-    if not rec.done("keys_published"):
-        rec.boundary()
-        rec.step(80, "Reading the keys into the secret store")
-        keys = rec.call("Reading the keys", provider.keys_get, name=name)
-        # Secondary first: the newest version (the primary) is the one consumers take.
-        secret_publish(endpoint=endpoint, slot=KeySlot.SECONDARY, value=keys.secondary, job=rec.job)
-        current = secret_publish(
-            endpoint=endpoint, slot=KeySlot.PRIMARY, value=keys.primary, job=rec.job
+        info = wait_provisioned(rec, d.provider, d.name, start=64, end=78, deployment=d.deployment)
+        endpoint_row_refresh(
+            provider=d.provider, workspace=d.workspace, info=info, offering=d.offering
         )
-        rec.checkpoint("keys_published")
-        rec.audit("key.publish", detail=f"initial keys, current version {current.version}")
+        rec.step(78, f"Deployment {d.deployment} is provisioned")
+    rec.phase("keys_published", 80, "Reading the keys into the secret store", lambda: keys_take(d))
+    smoke_test(d, info)
 
-    rec.step(85, "Smoke test: one short chat call with the published key")
+
+def subscribe(d: Deploy) -> None:
+    """Subscribe the workspace to the Marketplace offer, unless it is (continue to deploy)."""
+    rec, slug, offering = d.rec, d.offering.slug, d.offering
+    status = rec.call("Marketplace", d.provider.subscription_status, offering_slug=slug)
+    if status == MarketplaceStatus.SUBSCRIBED:
+        rec.step(10, "Already subscribed: continuing to deploy")
+        return
+    if status is not None:
+        raise ProviderError(
+            f"{d.workspace.name}'s Marketplace subscription to {offering.display_name} is "
+            f"{status}, and Azure does not deploy on it. "
+            + {
+                MarketplaceStatus.SUSPENDED: "Azure suspends a subscription whose payment "
+                "failed: fix the Azure subscription's payment method, then retry.",
+                MarketplaceStatus.UNSUBSCRIBED: "Delete it in Azure ML studio (or the portal), "
+                "then deploy again to subscribe anew.",
+            }.get(status, "It is still being set up: retry in a few minutes."),
+            code=ErrorCode.SUBSCRIPTION_INACTIVE,
+        )
+    if not d.params.get("terms_accepted"):
+        raise ProviderError(
+            f"{d.workspace.name} is not subscribed to {offering.display_name} and the "
+            "Marketplace terms were not accepted. Deploy again from the wizard and accept them.",
+            code=ErrorCode.TERMS_NOT_ACCEPTED,
+        )
+    rec.step(7, f"Subscribing {d.workspace.name} to {offering.display_name} (terms accepted)")
+    state = rec.call("Subscribing", d.provider.subscription_create, offering_slug=slug)
+    if state not in (ProvisioningState.SUCCEEDED, MarketplaceSubscription.State.SUCCEEDED):
+        raise ProviderError(
+            f"The Marketplace subscription ended {state}. Check the subscription's payment "
+            "method and your permissions, then retry.",
+            code=ErrorCode.SUBSCRIPTION_FAILED,
+        )
+    MarketplaceSubscription.objects.update_or_create(
+        workspace=d.workspace,
+        offering=offering,
+        deleted_at__isnull=True,
+        defaults={"name": slug, "state": MarketplaceSubscription.State.SUCCEEDED},
+    )
+    rec.audit("marketplace.subscribe", detail=f"terms accepted for {offering.display_name}")
+    rec.step(10, "Subscribed")
+
+
+def quota_check(d: Deploy) -> None:
+    """The VM size is offered in the region and its cores fit the family's free quota."""
+    p = d.params
+    sizes = {t.name: t for t in d.rec.call("VM sizes", d.provider.instance_types)}
+    size = sizes.get(p["vm_sku"])
+    if size is None:
+        raise ProviderError(
+            f"{p['vm_sku']} is not offered in {d.workspace.region}; choose one of "
+            f"{', '.join(sorted(sizes)) or 'none'}.",
+            code=ErrorCode.INVALID,
+        )
+    usage = {u.family: u for u in d.rec.call("Core quota", d.provider.core_usage)}
+    needed = size.cores * p["instance_count"]
+    quota = usage.get(size.family)
+    if quota is not None and needed > quota.headroom:
+        raise ProviderError(
+            f"Not enough cores: {needed} {size.family} cores needed, {quota.headroom} of "
+            f"{quota.limit} free in {d.workspace.region}. Choose fewer instances or a smaller "
+            "size, or ask for more quota.",
+            code=ErrorCode.QUOTA_EXCEEDED,
+        )
+    d.rec.step(15, f"{needed} cores needed, within quota")
+
+
+def endpoint_make(d: Deploy) -> None:
+    """Create the endpoint (tracked in the inventory first), or find the one an earlier
+    attempt created."""
+    rec = d.rec
+    row = endpoint_track(
+        provider=d.provider, workspace=d.workspace, name=d.name, kind=d.kind, offering=d.offering
+    )
+    if row is not None:
+        rec.attach(endpoint=row)
+    existing = endpoint_find(rec, d.provider, d.name)
+    if existing is not None and existing.kind != d.kind:
+        raise ProviderError(
+            f"An endpoint called {d.name} already exists and is {existing.kind}; choose another "
+            "name.",
+            code=ErrorCode.CONFLICT,
+        )
+    if existing is None:
+        rec.call(
+            f"Creating {d.name}",
+            d.provider.endpoint_create,
+            name=d.name,
+            kind=d.kind,
+            offering_slug=d.offering.slug,
+        )
+    else:
+        rec.step(22, f"{d.name} exists already (an earlier attempt created it): continuing")
+    rec.attach(endpoint=d.endpoint())
+    rec.checkpoint(
+        "cancel_note",
+        f"Cancelled after {d.name} was created: it exists and is tracked in the inventory. "
+        "Delete it, or retry this job to finish the deployment.",
+    )
+    rec.audit("endpoint.create", detail=f"{d.kind} endpoint of {d.offering.display_name}")
+
+
+def deployment_make(d: Deploy, info: EndpointInfo) -> None:
+    p = d.params
+    if d.deployment not in {dep.name for dep in info.deployments}:
+        d.rec.call(
+            f"Creating deployment {d.deployment}",
+            d.provider.deployment_create,
+            endpoint_name=d.name,
+            name=d.deployment,
+            instance_type=p["vm_sku"],
+            instance_count=p["instance_count"],
+            traffic_percent=p["traffic_percent"],
+            offering_slug=d.offering.slug,
+            data_collection=bool(p.get("data_collection")),
+        )
+    d.rec.audit("deployment.create", detail=f"{d.deployment} on {p['vm_sku']}")
+
+
+def keys_take(d: Deploy) -> None:
+    keys = d.rec.call("Reading the keys", d.provider.keys_get, name=d.name)
+    endpoint = d.endpoint()
+    # Secondary first: the newest version (the primary) is the one consumers take.
+    secret_publish(endpoint=endpoint, slot=KeySlot.SECONDARY, value=keys.secondary, job=d.rec.job)
+    current = secret_publish(
+        endpoint=endpoint, slot=KeySlot.PRIMARY, value=keys.primary, job=d.rec.job
+    )
+    d.rec.audit("key.publish", detail=f"initial keys, current version {current.version}")
+
+
+def smoke_test(d: Deploy, info: EndpointInfo) -> None:
+    rec, endpoint = d.rec, d.endpoint()
+    rec.step(85, "Smoke test: one short call with the published key")
     current = secret_current(endpoint=endpoint)
-    assert current is not None
+    if current is None:
+        raise ProviderError("No key was published for the smoke test.", code=ErrorCode.NO_KEYS)
+    uri = info.scoring_uri or endpoint.scoring_uri
     result = rec.call(
         "Smoke test",
         endpoint_probe,
-        scoring_uri=info.scoring_uri or endpoint.scoring_uri,
+        scoring_uri=uri,
         key=secret_value(current),
-        routes=offering.routes,
+        routes=d.offering.routes,
     )
     rec.step(95, f"The endpoint answered in {result.ms:.0f} ms: {result.text!r}")
-    rec.step(100, f"Deployed. Scoring URI: {info.scoring_uri or endpoint.scoring_uri}")
+    rec.step(100, f"Deployed. Scoring URI: {uri}")
     rec.audit("endpoint.deploy", detail=f"smoke test answered in {result.ms:.0f} ms")
 
 
-@runner("delete")
+# --- delete ---------------------------------------------------------------------------------
+
+
+@runner(Job.Kind.DELETE)
 def delete_run(rec: JobRecorder) -> None:
     p = rec.job.params
     workspace = Workspace.objects.select_related("account").get(pk=p["workspace_id"])
     name = p["name"]
-    provider = provider_for(rec, workspace)
+    provider = rec.provider(workspace)
     row = Endpoint.objects.filter(pk=p.get("endpoint_id")).first()
-    if not rec.done("delete_requested"):
-        rec.boundary()
-        rec.step(10, f"Deleting {name} from {workspace.name}")
-        try:
-            rec.call(f"Deleting {name}", provider.endpoint_delete, name=name)
-        except ProviderError as exc:
-            if exc.code != "NotFound":
-                raise
-            rec.step(20, f"{name} is already gone at the provider")
-        rec.checkpoint(
-            "cancel_note",
-            f"Cancelled after deletion of {name} was asked: the provider deletes it anyway; the "
-            "next inventory sync removes its row.",
-        )
-        rec.checkpoint("delete_requested")
-        rec.audit("endpoint.delete.requested")
+    rec.phase(
+        "delete_requested",
+        10,
+        f"Deleting {name} from {workspace.name}",
+        lambda: delete_ask(rec, provider, name),
+    )
     # Deletion is under way at the provider and cannot be undone: no cancel point from here.
-    deadline = time.monotonic() + settings.OPSPORTAL_DEPLOY_TIMEOUT
     rec.step(40, "Waiting until the endpoint is gone")
-    while endpoint_find(rec, provider, name) is not None:
-        if time.monotonic() > deadline:
-            raise ProviderError(
-                f"{name} still exists after {settings.OPSPORTAL_DEPLOY_TIMEOUT:.0f} s; retry "
-                "this job to keep waiting.",
-                code="Timeout",
-            )
-        time.sleep(settings.OPSPORTAL_JOB_POLL_SECONDS)
-    now = timezone.now()
+    gone_wait(rec, provider, name)
     if row is not None:
+        now = timezone.now()
         with transaction.atomic():
             Endpoint.objects.filter(pk=row.pk, deleted_at__isnull=True).update(
                 deleted_at=now, provisioning_state=ProvisioningState.DELETING, updated_at=now
@@ -351,3 +404,144 @@ def delete_run(rec: JobRecorder) -> None:
         secrets_forget(endpoint=row)
     rec.step(100, f"{name} is deleted")
     rec.audit("endpoint.delete")
+
+
+def delete_ask(rec: JobRecorder, provider: WorkspaceBackend, name: str) -> None:
+    try:
+        rec.call(f"Deleting {name}", provider.endpoint_delete, name=name)
+    except ProviderError as exc:
+        if exc.code != ErrorCode.NOT_FOUND:
+            raise
+        rec.step(20, f"{name} is already gone at the provider")
+    rec.checkpoint(
+        "cancel_note",
+        f"Cancelled after deletion of {name} was asked: the provider deletes it anyway; the next "
+        "inventory sync removes its row.",
+    )
+
+
+def gone_wait(rec: JobRecorder, provider: WorkspaceBackend, name: str) -> None:
+    deadline = time.monotonic() + settings.OPSPORTAL_DEPLOY_TIMEOUT
+    while endpoint_find(rec, provider, name) is not None:
+        if time.monotonic() > deadline:
+            raise ProviderError(
+                f"{name} still exists after {settings.OPSPORTAL_DEPLOY_TIMEOUT:.0f} s; retry this "
+                "job to keep waiting.",
+                code=ErrorCode.TIMEOUT,
+            )
+        time.sleep(settings.OPSPORTAL_JOB_POLL_SECONDS)
+
+
+# --- changes to a managed endpoint's deployments ------------------------------------------------
+
+
+@dataclass
+class Change:
+    rec: JobRecorder
+    endpoint: Endpoint
+    provider: WorkspaceBackend
+
+    @classmethod
+    def load(cls, rec: JobRecorder) -> "Change":
+        endpoint = (
+            Endpoint.objects.select_related("workspace", "workspace__account", "offering")
+            .filter(pk=rec.job.params["endpoint_id"], deleted_at__isnull=True)
+            .first()
+        )
+        if endpoint is None or endpoint.kind != Endpoint.Kind.MANAGED:
+            raise ProviderError(
+                "The managed endpoint was deleted before this change could run.",
+                code=ErrorCode.NOT_FOUND,
+            )
+        return cls(rec=rec, endpoint=endpoint, provider=rec.provider(endpoint.workspace))
+
+    def refresh(self, info: EndpointInfo) -> None:
+        endpoint_row_refresh(
+            provider=self.provider,
+            workspace=self.endpoint.workspace,
+            info=info,
+            offering=self.endpoint.offering,
+        )
+
+
+@runner(Job.Kind.SCALE)
+def scale_run(rec: JobRecorder) -> None:
+    c = Change.load(rec)
+    name, count = rec.job.params["deployment"], rec.job.params["instance_count"]
+    where = f"{c.endpoint.name}/{name}"
+    rec.phase(
+        "scaled",
+        10,
+        f"Scaling {where} to {count} instances",
+        lambda: rec.call(
+            f"Scaling {where}",
+            c.provider.deployment_scale,
+            endpoint_name=c.endpoint.name,
+            name=name,
+            instance_count=count,
+        ),
+    )
+    info = wait_provisioned(rec, c.provider, c.endpoint.name, start=20, end=90, deployment=name)
+    c.refresh(info)
+    rec.step(100, f"{where} runs {count} instances")
+    rec.audit("deployment.scale", detail=f"{name}: {count} instances")
+
+
+@runner(Job.Kind.TRAFFIC)
+def traffic_run(rec: JobRecorder) -> None:
+    c = Change.load(rec)
+    traffic = {k: int(v) for k, v in rec.job.params["traffic"].items()}
+    split = ", ".join(f"{k} {v}%" for k, v in sorted(traffic.items()))
+    rec.phase(
+        "traffic_set",
+        10,
+        f"Setting the traffic of {c.endpoint.name}: {split}",
+        lambda: rec.call(
+            "Setting the traffic",
+            c.provider.traffic_set,
+            endpoint_name=c.endpoint.name,
+            traffic=traffic,
+        ),
+    )
+    info = wait_provisioned(rec, c.provider, c.endpoint.name, start=20, end=90)
+    c.refresh(info)
+    rec.step(100, f"Traffic of {c.endpoint.name}: {split}")
+    rec.audit("endpoint.traffic", detail=split)
+
+
+@runner(Job.Kind.DEPLOYMENT_DELETE)
+def deployment_delete_run(rec: JobRecorder) -> None:
+    c = Change.load(rec)
+    name = rec.job.params["deployment"]
+    where = f"{c.endpoint.name}/{name}"
+
+    def remove() -> None:
+        try:
+            rec.call(
+                f"Removing {where}",
+                c.provider.deployment_delete,
+                endpoint_name=c.endpoint.name,
+                name=name,
+            )
+        except ProviderError as exc:
+            if exc.code != ErrorCode.NOT_FOUND:
+                raise
+            rec.step(20, f"{where} is already gone at the provider")
+
+    rec.phase("deployment_deleted", 10, f"Removing deployment {where}", remove)
+    rec.step(30, f"Waiting until {where} is gone")
+    deadline = time.monotonic() + settings.OPSPORTAL_DEPLOY_TIMEOUT
+    while True:
+        info = endpoint_find(rec, c.provider, c.endpoint.name)
+        if info is None:
+            raise ProviderError(f"{c.endpoint.name} disappeared.", code=ErrorCode.NOT_FOUND)
+        if name not in {dep.name for dep in info.deployments}:
+            break
+        if time.monotonic() > deadline:
+            raise ProviderError(
+                f"{where} still exists; retry this job to keep waiting.", code=ErrorCode.TIMEOUT
+            )
+        time.sleep(settings.OPSPORTAL_JOB_POLL_SECONDS)
+    c.refresh(info)
+    rec.step(100, f"{where} is removed")
+    rec.audit("deployment.delete", detail=name)

@@ -15,16 +15,34 @@ from opsportal.inventory.models import (
 )
 from opsportal.providers.base import ENDPOINT_NAME_RE
 
-SHARED_QUOTA_HOURS = 168
-MARKETPLACE_PERMISSIONS = (
-    "Subscribing needs subscription-level rights: Owner or Contributor on the Azure "
-    "subscription, or a custom role with Microsoft.MarketplaceOrdering/agreements/offers/plans/"
-    "read and .../plans/sign/action, Microsoft.MarketplaceOrdering/offerTypes/publishers/offers/"
-    "plans/agreements/read, Microsoft.Marketplace/offerTypes/publishers/offers/plans/agreements/"
-    "read and Microsoft.SaaS/register/action; Microsoft.SaaS/resources/read and write on the "
-    "resource group; and marketplaceModelSubscriptions/* and serverlessEndpoints/* on the "
-    "workspace (the Azure ML Data Scientist role has the last two)."
+# What subscribing needs, in the words of each family's document: the Mistral one asks for one
+# role on the resource group, the Llama one lists the custom-role permissions.
+MARKETPLACE_PERMISSIONS = {
+    "Mistral": ("Subscribing needs the Azure AI Developer role on the workspace's resource group."),
+    "Meta": (
+        "Subscribing needs subscription-level rights: Owner or Contributor on the Azure "
+        "subscription, or a custom role with Microsoft.MarketplaceOrdering/agreements/offers/"
+        "plans/read and .../plans/sign/action, Microsoft.MarketplaceOrdering/offerTypes/"
+        "publishers/offers/plans/agreements/read, Microsoft.Marketplace/offerTypes/publishers/"
+        "offers/plans/agreements/read and Microsoft.SaaS/register/action; Microsoft.SaaS/"
+        "resources/read and write on the resource group; and marketplaceModelSubscriptions/* and "
+        "serverlessEndpoints/* on the workspace (the Azure ML Data Scientist role has the last "
+        "two)."
+    ),
+}
+GENERIC_PERMISSIONS = (
+    "Subscribing needs rights to accept Marketplace terms on the Azure subscription (Owner or "
+    "Contributor) and to create SaaS resources in the resource group."
 )
+INACTIVE = {
+    MarketplaceSubscription.State.SUSPENDED: "Azure suspends a subscription whose payment "
+    "failed: fix the Azure subscription's payment method, then sync.",
+    MarketplaceSubscription.State.UNSUBSCRIBED: "Delete it in Azure ML studio, then deploy "
+    "again to subscribe anew.",
+    MarketplaceSubscription.State.PENDING: "Azure is still setting it up: wait a few minutes "
+    "and sync.",
+    MarketplaceSubscription.State.FAILED: "Delete it in Azure ML studio and subscribe again.",
+}
 LOCAL_LICENCE_NOTE = (
     "On the local runtime, subscribing means accepting the model's licence for this workspace; "
     "operators of the workspace's team may do it."
@@ -55,8 +73,7 @@ class DeploySpec:
     existing_endpoint: Endpoint | None = None
     deployment_name: str = "default"
     traffic_percent: int = 100
-    content_safety: bool = True
-    shared_quota: bool = False
+    data_collection: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,20 +192,36 @@ def _where(spec: DeploySpec, ws: Workspace, offering: Offering) -> Check:
 
 def _marketplace(spec: DeploySpec, ws: Workspace, offering: Offering) -> Check:
     title = "Marketplace subscription"
-    subscribed = MarketplaceSubscription.objects.filter(
-        workspace=ws,
-        offering=offering,
-        deleted_at__isnull=True,
-        state=MarketplaceSubscription.State.SUCCEEDED,
-    ).exists()
-    if subscribed:
+    state = (
+        MarketplaceSubscription.objects.filter(
+            workspace=ws, offering=offering, deleted_at__isnull=True
+        )
+        .values_list("state", flat=True)
+        .first()
+    )
+    if state == MarketplaceSubscription.State.SUCCEEDED:
         return Check(
             "marketplace",
             title,
             "ok",
             f"{ws.name} is subscribed to {offering.display_name}: continue to deploy.",
         )
-    permissions = LOCAL_LICENCE_NOTE if ws.provider == Provider.LOCAL else MARKETPLACE_PERMISSIONS
+    if state is not None:
+        label = MarketplaceSubscription.State(state).label
+        return Check(
+            "marketplace",
+            title,
+            "fail",
+            f"{ws.name}'s Marketplace subscription to {offering.display_name} is {label}, and "
+            f"Azure does not deploy on it. {INACTIVE.get(state, '')}",
+            link=offering.terms_url,
+            link_text="Terms and pricing",
+            field="offering",
+        )
+    if ws.provider == Provider.LOCAL:
+        permissions = LOCAL_LICENCE_NOTE
+    else:
+        permissions = MARKETPLACE_PERMISSIONS.get(offering.family, GENERIC_PERMISSIONS)
     return Check(
         "marketplace",
         title,
@@ -337,23 +370,18 @@ def _managed(spec: DeploySpec, ws: Workspace, facts: ComputeFacts) -> list[Check
                 field="" if ok else "instance_count",
             )
         )
-    if spec.shared_quota:
+    if spec.data_collection:
+        local = ws.provider == Provider.LOCAL
         checks.append(
             Check(
-                "shared_quota",
-                "Shared quota",
-                "warn",
-                f"A deployment on shared quota is deleted after {SHARED_QUOTA_HOURS} hours "
-                "(7 days). Use it for trials only.",
-            )
-        )
-    if not spec.content_safety:
-        checks.append(
-            Check(
-                "content_safety",
-                "Content safety off",
-                "warn",
-                "Prompts and completions will not pass Azure AI Content Safety.",
+                "data_collection",
+                "Inference data collection (preview)",
+                "fail" if local else "warn",
+                "The local runtime does not collect inference data; untick the option."
+                if local
+                else "The deployment's inputs and outputs are collected into the workspace's "
+                "default blob storage (Azure ML's data collector); mind what your prompts contain.",
+                field="data_collection" if local else "",
             )
         )
     return checks

@@ -53,6 +53,11 @@ class CloudAccount(models.Model):
         default=False, help_text="Demo data from seed_demo_inventory; never real resources."
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.UNKNOWN)
+    quota_id = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Azure's subscriptionPolicies.quotaId: the subscription's offer type.",
+    )
     last_sync_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -70,6 +75,11 @@ class CloudAccount(models.Model):
 
 
 class Workspace(models.Model):
+    class TeamSource(models.TextChoices):
+        NONE = "", "Not assigned"
+        TAG = "tag", "Azure tag"
+        MANUAL = "manual", "Assigned in the console"
+
     account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="workspaces")
     name = models.CharField(max_length=100)
     resource_group = models.CharField(max_length=90)
@@ -84,6 +94,12 @@ class Workspace(models.Model):
         related_name="workspaces",
         help_text="Owning team; only superusers see a workspace without one.",
     )
+    # How the team was set: the sync follows the Azure tag only for workspaces not assigned by
+    # hand, so a superuser's choice sticks.
+    team_source = models.CharField(
+        max_length=10, choices=TeamSource.choices, default=TeamSource.NONE, blank=True
+    )
+    tags = models.JSONField(default=dict, blank=True, help_text="Azure tags, as last synced.")
     azure_resource_id = models.CharField(max_length=400, blank=True)
     last_sync_at = models.DateTimeField(null=True, blank=True)
     sync_error = models.TextField(blank=True)
@@ -215,6 +231,13 @@ class MarketplaceSubscription(models.Model):
     saas_resource_id = models.CharField(
         max_length=400, blank=True, help_text="Microsoft.SaaS/resources billing resource."
     )
+    azure_resource_id = models.CharField(
+        max_length=400, blank=True, help_text="The marketplaceSubscriptions ARM resource."
+    )
+    # The Marketplace plan it bought: how its SaaS billing resource is recognised.
+    publisher_id = models.CharField(max_length=200, blank=True)
+    offer_id = models.CharField(max_length=200, blank=True)
+    plan_id = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
@@ -313,6 +336,18 @@ class Endpoint(models.Model):
     @property
     def needs_attention(self) -> bool:
         return self.provisioning_state in ATTENTION_STATES
+
+    @property
+    def content_safety_note(self) -> str:
+        """What filters this endpoint's prompts and completions, in words that are true."""
+        if self.workspace.provider == Provider.LOCAL:
+            return "None: no content classifier runs on the local runtime."
+        if self.kind == self.Kind.SERVERLESS:
+            return "On: Azure AI Content Safety filters every serverless endpoint."
+        return (
+            "Not applied by Azure: managed compute is deployed without Azure AI Content Safety "
+            "(its REST API has no setting for it); add it in your own code if you need it."
+        )
 
 
 class ManagedDeployment(models.Model):

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.pipeline.policies import HeadersPolicy, SansIOHTTPPolicy
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from opsportal.accounts.models import Team
 from opsportal.inventory.models import (
     CloudAccount,
     ComputeQuota,
@@ -33,10 +34,14 @@ from opsportal.inventory.models import (
 from opsportal.inventory.services import endpoint_row_store
 from opsportal.providers.azure import (
     AzureProvider,
+    BucketPolicy,
     EndpointInfo,
     MarketplaceSubscriptionInfo,
+    WorkspaceInfo,
+    client_policies,
     offering_slugs_by_model,
     subscriptions_list,
+    unversioned,
     workspaces_list,
 )
 from opsportal.providers.base import ProviderError
@@ -69,16 +74,6 @@ class TokenBucket:
                 wait = (1 - self.tokens) / self.refill
                 self.waited_s += wait
             time.sleep(wait)
-
-
-class BucketPolicy(SansIOHTTPPolicy):
-    """Takes a token before each HTTP request the SDK sends, retries included."""
-
-    def __init__(self, bucket: TokenBucket) -> None:
-        self.bucket = bucket
-
-    def on_request(self, request: Any) -> None:
-        self.bucket.take()
 
 
 @dataclass
@@ -120,19 +115,19 @@ def inventory_sync_azure(
     report = SyncReport()
     say = progress or (lambda pct, msg: None)
     kwargs = dict(client_kwargs or {})
-    # The job's correlation id travels as Azure's client request id on every request.
-    tagging = [HeadersPolicy({"x-ms-client-request-id": correlation_id})] if correlation_id else []
+    # The job's correlation id travels as ARM's x-ms-correlation-request-id on every request.
+    tagging = client_policies(correlation_id).get("per_call_policies", [])
     kwargs["per_call_policies"] = tagging
     now = timezone.now()
 
-    if subscription_ids:
-        wanted, known = subscription_ids, {}
-    else:
-        found_subs = subscriptions_list(credential, **kwargs)
-        wanted = [s.subscription_id for s in found_subs]
-        known = {s.subscription_id: s for s in found_subs}
+    found_subs = subscriptions_list(credential, **kwargs)
+    known = {s.subscription_id: s for s in found_subs}
+    wanted = subscription_ids or list(known)
     buckets = {sub_id: bucket() for sub_id in wanted}
     jobs: list[tuple[Workspace, dict[str, Any]]] = []
+    teams = {t.slug.lower(): t for t in Team.objects.all()} | {
+        t.name.lower(): t for t in Team.objects.all()
+    }
     for sub_id in wanted:
         info = known.get(sub_id)
         account, _ = CloudAccount.objects.update_or_create(
@@ -140,11 +135,21 @@ def inventory_sync_azure(
             subscription_id=sub_id,
             defaults={
                 "display_name": info.display_name if info else sub_id,
-                **({"tenant_id": info.tenant_id} if info else {}),
+                **({"tenant_id": info.tenant_id, "quota_id": info.quota_id} if info else {}),
             },
         )
         report.subscriptions += 1
-        sub_kwargs = {**kwargs, "per_call_policies": [*tagging, BucketPolicy(buckets[sub_id])]}
+        if info is None:
+            message = (
+                f"Subscription {sub_id} (AZURE_SUBSCRIPTION_IDS) is not visible to the "
+                "credential: give it the Reader role there, or remove the id."
+            )
+            CloudAccount.objects.filter(pk=account.pk).update(
+                status=CloudAccount.Status.ERROR, last_error=message, last_sync_at=now
+            )
+            report.lines.append(message)
+            continue
+        sub_kwargs = {**kwargs, "per_call_policies": [*tagging, BucketPolicy(buckets[sub_id].take)]}
         try:
             found = workspaces_list(credential, sub_id, **sub_kwargs)
         except ProviderError as exc:
@@ -158,17 +163,7 @@ def inventory_sync_azure(
         )
         seen = []
         for w in found:
-            workspace, _ = Workspace.objects.update_or_create(
-                account=account,
-                resource_group=w.resource_group,
-                name=w.name,
-                defaults={
-                    "region": w.region,
-                    "provider": Provider.AZURE,
-                    "azure_resource_id": w.resource_id,
-                    "deleted_at": None,
-                },
-            )
+            workspace = _workspace_store(account, w, teams, report)
             workspace.account = account  # cached: worker threads must not query
             seen.append(workspace.pk)
             jobs.append((workspace, sub_kwargs))
@@ -202,6 +197,39 @@ def inventory_sync_azure(
     report.requests = sum(b.taken for b in buckets.values())
     report.throttle_wait_s = sum(b.waited_s for b in buckets.values())
     return report
+
+
+def _workspace_store(
+    account: CloudAccount, w: WorkspaceInfo, teams: dict[str, Team], report: SyncReport
+) -> Workspace:
+    """The workspace's row; its team from the Azure tag named by OPSPORTAL_TEAM_TAG (a team's
+    slug or name), unless a superuser assigned one in the console."""
+    workspace, _ = Workspace.objects.update_or_create(
+        account=account,
+        resource_group=w.resource_group,
+        name=w.name,
+        defaults={
+            "region": w.region,
+            "provider": Provider.AZURE,
+            "azure_resource_id": w.resource_id,
+            "tags": w.tags,
+            "deleted_at": None,
+        },
+    )
+    if workspace.team_source == Workspace.TeamSource.MANUAL:
+        return workspace
+    tagged = {k.lower(): v for k, v in w.tags.items()}.get(settings.OPSPORTAL_TEAM_TAG.lower())
+    team = teams.get((tagged or "").strip().lower())
+    if tagged and team is None:
+        report.lines.append(
+            f"{w.name}: tag {settings.OPSPORTAL_TEAM_TAG}={tagged} names no team of the console; "
+            "create the team, or assign the workspace on its page."
+        )
+    source = Workspace.TeamSource.TAG if team else Workspace.TeamSource.NONE
+    if (workspace.team_id, workspace.team_source) != (team.pk if team else None, source):
+        Workspace.objects.filter(pk=workspace.pk).update(team=team, team_source=source)
+        workspace.team, workspace.team_source = team, source
+    return workspace
 
 
 def _round_robin(jobs: list[tuple[Workspace, dict[str, Any]]]) -> list[tuple[Workspace, Any]]:
@@ -293,11 +321,11 @@ def _write_workspace(
         report.workspaces_failed.append((workspace.name, result.error))
         report.lines.append(f"{workspace.name}: FAILED: {result.error}")
         return
-    offerings = {o.registry_model_id.lower(): o for o in catalog}
+    offerings = {unversioned(o.registry_model_id): o for o in catalog}
     by_slug = {o.slug: o for o in catalog}
     sub_names = []
     for s in result.subscriptions:
-        offering = offerings.get(s.model_id.lower())
+        offering = offerings.get(unversioned(s.model_id))
         if offering is None:
             report.lines.append(
                 f"{workspace.name}: Marketplace subscription {s.name} is for "
@@ -309,7 +337,14 @@ def _write_workspace(
             workspace=workspace,
             offering=offering,
             deleted_at__isnull=True,
-            defaults={"name": s.name, "state": state, "saas_resource_id": s.resource_id},
+            defaults={
+                "name": s.name,
+                "state": state,
+                "azure_resource_id": s.resource_id,
+                "publisher_id": s.publisher_id,
+                "offer_id": s.offer_id,
+                "plan_id": s.plan_id,
+            },
         )
         sub_names.append(s.name)
     report.marked_deleted += (
@@ -335,39 +370,3 @@ def _write_workspace(
     report.lines.append(
         f"{workspace.name}: {len(names)} endpoints, {len(sub_names)} Marketplace subscriptions"
     )
-
-
-def azure_sync_job_run(
-    *, job: Any, credential: Any, how: str = "", client_kwargs: dict[str, Any] | None = None
-) -> SyncReport | None:
-    """One sync as a job: progress and a line per workspace in the job's log."""
-    from opsportal.jobs.services import JobRecorder
-
-    recorder = JobRecorder(job)
-    recorder.start()
-    recorder.step(
-        1, f"Signing in to Azure{f' ({how})' if how else ''}; correlation id {job.correlation_id}"
-    )
-    try:
-        report = inventory_sync_azure(
-            credential=credential,
-            subscription_ids=configured_subscription_ids(),
-            client_kwargs=client_kwargs,
-            progress=recorder.step,
-            correlation_id=str(job.correlation_id),
-        )
-    except ProviderError as exc:
-        recorder.finish(error=exc.message)
-        return None
-    for line in report.lines:
-        recorder.step(99, line)
-    recorder.step(
-        100,
-        f"{report.subscriptions} subscriptions, {report.workspaces_ok} "
-        f"workspaces synced, {len(report.workspaces_failed)} failed, "
-        f"{report.endpoints} endpoints, {report.marked_deleted} marked deleted, "
-        f"{report.requests} Azure requests",
-    )
-    failed = "; ".join(f"{name}: {err}" for name, err in report.workspaces_failed)
-    recorder.finish(error=f"Some workspaces failed: {failed}" if failed else "")
-    return report

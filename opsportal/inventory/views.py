@@ -39,7 +39,7 @@ def accounts_list(request: HttpRequest) -> HttpResponse:
             "accounts": selectors.accounts_with_counts(request.user),
             "azure_configured": configured,
             "azure_how": how,
-            "last_sync": Job.objects.filter(kind="azure-sync").first(),
+            "last_sync": Job.objects.filter(kind=Job.Kind.AZURE_SYNC).first(),
         },
     )
 
@@ -49,12 +49,9 @@ def azure_sync_start(request: HttpRequest) -> HttpResponse:
     """Sync every Azure subscription now (it spans all teams: superusers only)."""
     if not request.user.is_superuser:
         raise PermissionDenied("Syncing all Azure subscriptions needs a superuser.")
-    from opsportal.inventory.tasks import azure_sync
-
     with transaction.atomic():
         job = job_create(
-            kind="azure-sync",
-            task=azure_sync,
+            kind=Job.Kind.AZURE_SYNC,
             requested_by=request.user,
             target_label="all Azure subscriptions",
         )

@@ -15,9 +15,18 @@ class Job(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Kind(models.TextChoices):
+        DEPLOY = "deploy", "Deploy"
+        DELETE = "delete", "Delete endpoint"
+        KEY_ROTATION = "key-rotation", "Key rotation"
+        AZURE_SYNC = "azure-sync", "Azure sync"
+        SCALE = "deployment-scale", "Scale deployment"
+        TRAFFIC = "traffic", "Traffic split"
+        DEPLOYMENT_DELETE = "deployment-delete", "Remove deployment"
+
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
-    kind = models.CharField(max_length=40)
+    kind = models.CharField(max_length=40, choices=Kind.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     progress = models.PositiveSmallIntegerField(default=0)
     step = models.CharField(max_length=200, blank=True)

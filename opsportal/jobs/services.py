@@ -22,7 +22,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from opsportal.jobs.models import AuditEvent, Job
-from opsportal.providers.base import ProviderError
+from opsportal.providers.base import ProviderError, WorkspaceBackend, for_workspace
 
 log = logging.getLogger("opsportal.jobs")
 MAX_LOG_LINES = 2000
@@ -40,17 +40,15 @@ RUNNERS: dict[str, Callable[["JobRecorder"], None]] = {}
 
 
 def runner(kind: str) -> Callable[[Callable[["JobRecorder"], None]], Callable]:
+    """Register the function that runs jobs of `kind` (a Job.Kind). Runners live beside their
+    domain; each app imports its runner module in AppConfig.ready(), so every process that
+    loads the apps (web, worker) knows them all."""
+
     def decorate(fn: Callable[["JobRecorder"], None]) -> Callable[["JobRecorder"], None]:
         RUNNERS[kind] = fn
         return fn
 
     return decorate
-
-
-def _load_runners() -> None:
-    # Runners live beside their domain; importing the modules registers them.
-    import opsportal.deployments.jobs
-    import opsportal.keys.jobs  # noqa: F401
 
 
 # --- creating --------------------------------------------------------------------------------
@@ -244,6 +242,31 @@ class JobRecorder:
             "job=%s kind=%s correlation_id=%s %s", job.pk, job.kind, job.correlation_id, message
         )
 
+    def note(self, message: str) -> None:
+        """A log line that is not a step of its own (a provider call and its request id)."""
+        job = self.job
+        job.log = [*job.log, f"{timezone.now():%H:%M:%S} {message}"][-MAX_LOG_LINES:]
+        Job.objects.filter(pk=job.pk).update(log=job.log, heartbeat_at=timezone.now())
+        log.info(
+            "job=%s kind=%s correlation_id=%s %s", job.pk, job.kind, job.correlation_id, message
+        )
+
+    def provider(self, workspace: Any) -> WorkspaceBackend:
+        """The workspace's back end, its calls tied to this job: the correlation id goes to
+        Azure with every request, and every call that changes something gets a log line."""
+        return for_workspace(workspace, correlation_id=str(self.job.correlation_id), note=self.note)
+
+    def phase(self, key: str, progress: int, message: str, work: Callable[[], T]) -> T | None:
+        """One resumable step: skipped when an earlier attempt finished it; otherwise a cancel
+        point, the step's log line, the work, and the checkpoint that it is done."""
+        if self.done(key):
+            return None
+        self.boundary()
+        self.step(progress, message)
+        result = work()
+        self.checkpoint(key)
+        return result
+
     def progress(self, value: int) -> None:
         self.job.progress = max(0, min(100, value))
         Job.objects.filter(pk=self.job.pk).update(
@@ -375,7 +398,6 @@ def job_execute(*, job_id: int) -> str:
         return "cancelled"
     if not recorder.claim(stale_after=settings.OPSPORTAL_JOB_STALE_SECONDS):
         return "busy"  # another worker holds it, or it was cancelled meanwhile
-    _load_runners()
     run = RUNNERS.get(job.kind)
     if run is None:
         recorder.finish(error=f"This console does not know how to run a {job.kind!r} job.")
@@ -440,7 +462,7 @@ def jobs_reap(*, stale_after: float | None = None, lost_after: float | None = No
         Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale)
         | Q(status=Job.Status.PENDING, created_at__lt=lost, heartbeat_at__isnull=True)
         | Q(status=Job.Status.PENDING, heartbeat_at__lt=lost)
-    ).exclude(kind="azure-sync"):
+    ):
         recorder = JobRecorder(job)
         if job.status == Job.Status.RUNNING and job.attempts >= settings.OPSPORTAL_JOB_MAX_ATTEMPTS:
             recorder.step(job.progress, "The worker stopped again; giving up.")

@@ -7,16 +7,16 @@ A cancel is honoured only before a slot starts, never between its regenerate and
 
 from django.utils import timezone
 
-from opsportal.deployments.jobs import provider_for
 from opsportal.deployments.probe import endpoint_probe
 from opsportal.inventory.models import Endpoint
+from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, runner
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.store import secret_publish
-from opsportal.providers.base import ProviderError
+from opsportal.providers.base import ErrorCode, ProviderError
 
 
-@runner("key-rotation")
+@runner(Job.Kind.KEY_ROTATION)
 def rotate_run(rec: JobRecorder) -> None:
     endpoint = (
         Endpoint.objects.select_related("workspace", "workspace__account", "offering")
@@ -24,8 +24,10 @@ def rotate_run(rec: JobRecorder) -> None:
         .first()
     )
     if endpoint is None:
-        raise ProviderError("The endpoint was deleted before its keys could rotate.")
-    provider = provider_for(rec, endpoint.workspace)
+        raise ProviderError(
+            "The endpoint was deleted before its keys could rotate.", code=ErrorCode.NOT_FOUND
+        )
+    provider = rec.provider(endpoint.workspace)
     routes = endpoint.offering.routes if endpoint.offering else None
     rec.step(2, f"Rotating the keys of {endpoint.name}; correlation id {rec.job.correlation_id}")
     for index, slot in enumerate([KeySlot.SECONDARY, KeySlot.PRIMARY]):

@@ -12,10 +12,13 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -25,14 +28,18 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from opsportal.inventory.models import Endpoint, Offering, Provider, ProvisioningState, Workspace
 from opsportal.providers.base import (
+    CallNote,
     CoreUsage,
     DeploymentInfo,
     EndpointInfo,
     EndpointKeys,
+    ErrorCode,
     InstanceType,
+    MarketplaceStatus,
     ProviderError,
     register,
 )
@@ -97,72 +104,93 @@ def default_credential() -> Any:
 def translate(exc: Exception, *, action: str = "read", what: str = "") -> ProviderError:
     """An SDK exception in plain words, and whether trying again can help."""
     subject = f" ({what})" if what else ""
+    service_code = getattr(getattr(exc, "error", None), "code", None) or ""
     if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) != 403:
         return ProviderError(
             f"Azure did not accept the credential{subject}: {_first_line(exc)}. Check the AZURE_* "
             "variables or sign in again.",
-            code="Unauthorized",
+            code=ErrorCode.UNAUTHORIZED,
         )
     if isinstance(exc, ResourceNotFoundError):
         return ProviderError(
-            f"Not found in Azure{subject}: it was deleted or never existed.", code="NotFound"
+            f"Not found in Azure{subject}: it was deleted or never existed.",
+            code=ErrorCode.NOT_FOUND,
+            service_code=service_code,
         )
     if isinstance(exc, ResourceExistsError):
         return ProviderError(
-            f"Azure reports a conflict{subject}: {_first_line(exc)}", code="Conflict"
+            f"Azure reports a conflict{subject}: {_first_line(exc)}",
+            code=ErrorCode.CONFLICT,
+            service_code=service_code,
         )
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return ProviderError(
             f"Could not reach Azure{subject}: {_first_line(exc)}. Will retry.",
             retryable=True,
-            code="ConnectionError",
+            code=ErrorCode.CONNECTION_ERROR,
         )
     if isinstance(exc, HttpResponseError):
-        status = exc.status_code or 0
-        code = getattr(getattr(exc, "error", None), "code", None) or ""
-        if code == "ServerlessModelNotAvailableInRegion":
-            return ProviderError(
-                f"This model is not offered as a serverless API in the workspace's region"
-                f"{subject}. Use a workspace in a region the catalog lists for it.",
-                code=code,
-            )
-        if code in QUOTA_CODES or "quota" in str(exc).lower():
-            return ProviderError(
-                f"Not enough VM core quota{subject}: {_first_line(exc)}. Free cores in this region "
-                "and VM family, or request a quota increase.",
-                code="QuotaExceeded",
-            )
-        if status in (401, 403):
-            return ProviderError(
-                f"Azure refused the action ({status}){subject}. {NEEDS[action]}", code="Forbidden"
-            )
-        if status == 404:
-            return ProviderError(f"Not found in Azure{subject}.", code="NotFound")
-        if status == 409:
-            return ProviderError(
-                f"Azure reports a conflict{subject}: {_first_line(exc)}", code="Conflict"
-            )
-        if status == 429:
-            wait = _retry_after(exc)
-            wait = 30.0 if wait is None else wait
-            return ProviderError(
-                f"Azure is throttling requests{subject}; wait {wait:g} s.",
-                retryable=True,
-                retry_after=wait,
-                code="Throttled",
-            )
-        if status >= 500:
-            return ProviderError(
-                f"Azure failed ({status}){subject}: {_first_line(exc)}. Will retry.",
-                retryable=True,
-                code="ServerError",
-            )
+        return _translate_status(exc, exc.status_code or 0, service_code, action, subject)
+    return ProviderError(
+        f"Unexpected error from the Azure SDK{subject}: {type(exc).__name__}",
+        code=ErrorCode.UNEXPECTED,
+    )
+
+
+def _translate_status(
+    exc: HttpResponseError, status: int, service_code: str, action: str, subject: str
+) -> ProviderError:
+    said = _first_line(exc)
+    if service_code == "ServerlessModelNotAvailableInRegion":
         return ProviderError(
-            f"Azure refused the request ({status}){subject}: {_first_line(exc)}",
-            code=code or "BadRequest",
+            f"This model is not offered as a serverless API in the workspace's region"
+            f"{subject}. Use a workspace in a region the catalog lists for it.",
+            code=ErrorCode.NOT_IN_REGION,
+            service_code=service_code,
+        )
+    if service_code in QUOTA_CODES or "quota" in said.lower():
+        return ProviderError(
+            f"Not enough VM core quota{subject}: {said}. Free cores in this region and VM family, "
+            "or request a quota increase.",
+            code=ErrorCode.QUOTA_EXCEEDED,
+            service_code=service_code,
+        )
+    if status in (401, 403):
+        return ProviderError(
+            f"Azure refused the action ({status}){subject}. {NEEDS[action]}",
+            code=ErrorCode.FORBIDDEN,
+            service_code=service_code,
+        )
+    if status == 404:
+        return ProviderError(
+            f"Not found in Azure{subject}.", code=ErrorCode.NOT_FOUND, service_code=service_code
+        )
+    if status == 409:
+        return ProviderError(
+            f"Azure reports a conflict{subject}: {said}",
+            code=ErrorCode.CONFLICT,
+            service_code=service_code,
+        )
+    if status == 429:
+        wait = _retry_after(exc)
+        wait = 30.0 if wait is None else wait
+        return ProviderError(
+            f"Azure is throttling requests{subject}; wait {wait:g} s.",
+            retryable=True,
+            retry_after=wait,
+            code=ErrorCode.THROTTLED,
+        )
+    if status >= 500:
+        return ProviderError(
+            f"Azure failed ({status}){subject}: {said}. Will retry.",
+            retryable=True,
+            code=ErrorCode.SERVER_ERROR,
+            service_code=service_code,
         )
     return ProviderError(
-        f"Unexpected error from the Azure SDK{subject}: {type(exc).__name__}", code="Unexpected"
+        f"Azure refused the request ({status}){subject}: {said}",
+        code=ErrorCode.BAD_REQUEST,
+        service_code=service_code,
     )
 
 
@@ -206,6 +234,7 @@ class SubscriptionInfo:
     display_name: str
     tenant_id: str
     state: str
+    quota_id: str = ""  # subscriptionPolicies.quotaId: the offer type (pay-as-you-go, trial...)
 
 
 @dataclass(frozen=True)
@@ -214,20 +243,34 @@ class WorkspaceInfo:
     resource_group: str
     region: str
     resource_id: str
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MarketplaceSubscriptionInfo:
     name: str
     model_id: str
-    status: str  # Subscribed | Suspended | Unsubscribed | Pending
+    status: str  # a MarketplaceStatus
     provisioning_state: str
     resource_id: str
+    publisher_id: str = ""
+    offer_id: str = ""
+    plan_id: str = ""
+
+
+def marketplace_status(value: Any) -> str:
+    """The SDK's snake_case status (subscribed, pending_fulfillment_start...) in Azure's words."""
+    text = str(getattr(value, "value", value) or "").replace("_", "").lower()
+    for status in MarketplaceStatus:
+        if text.startswith(status.value.lower()):
+            return status.value
+    return MarketplaceStatus.PENDING.value
 
 
 def subscriptions_list(credential: Any, **client_kwargs: Any) -> list[SubscriptionInfo]:
     from azure.mgmt.resource.subscriptions import SubscriptionClient
 
+    client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
     try:
         client = SubscriptionClient(credential, **client_kwargs)
         return [
@@ -236,6 +279,7 @@ def subscriptions_list(credential: Any, **client_kwargs: Any) -> list[Subscripti
                 s.display_name or s.subscription_id,
                 s.tenant_id or "",
                 str(getattr(s.state, "value", s.state) or ""),
+                quota_id=getattr(s.subscription_policies, "quota_id", None) or "",
             )
             for s in client.subscriptions.list()
         ]
@@ -259,10 +303,17 @@ def ml_client(
 def workspaces_list(
     credential: Any, subscription_id: str, **client_kwargs: Any
 ) -> list[WorkspaceInfo]:
+    client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
     try:
         ml = ml_client(credential, subscription_id, **client_kwargs)
         return [
-            WorkspaceInfo(w.name, w.resource_group, (w.location or "").lower(), w.id or "")
+            WorkspaceInfo(
+                w.name,
+                w.resource_group,
+                (w.location or "").lower(),
+                w.id or "",
+                tags=dict(w.tags or {}),
+            )
             for w in ml.workspaces.list(scope="subscription")
         ]
     except Exception as exc:
@@ -271,7 +322,7 @@ def workspaces_list(
 
 def offering_slugs_by_model() -> dict[str, str]:
     return {
-        model_id.lower(): slug
+        unversioned(model_id): slug
         for slug, model_id in Offering.objects.exclude(registry_model_id="").values_list(
             "slug", "registry_model_id"
         )
@@ -281,8 +332,61 @@ def offering_slugs_by_model() -> dict[str, str]:
 # --- one workspace ------------------------------------------------------------------------------
 
 
+class CorrelationPolicy(SansIOHTTPPolicy):
+    """Ties every request to a job: a fresh x-ms-client-request-id per request (the SDK's
+    clients here send none), the job's correlation id as ARM's x-ms-correlation-request-id, and
+    a line per request that changes something, with ARM's x-ms-request-id, for the job's log, so
+    a support case can name the operation."""
+
+    def __init__(self, correlation_id: str | None, note: CallNote | None) -> None:
+        self.correlation_id, self.note = correlation_id, note
+
+    def on_request(self, request: Any) -> None:
+        headers = request.http_request.headers
+        if not headers.get("x-ms-client-request-id"):
+            headers["x-ms-client-request-id"] = str(uuid.uuid4())
+        if self.correlation_id:
+            headers["x-ms-correlation-request-id"] = self.correlation_id
+
+    def on_response(self, request: Any, response: Any) -> None:
+        http = request.http_request
+        if self.note is None or http.method in ("GET", "HEAD"):
+            return
+        path = urlsplit(http.url).path
+        headers = response.http_response.headers
+        self.note(
+            f"Azure {http.method} {path}: {response.http_response.status_code}, "
+            f"x-ms-request-id {headers.get('x-ms-request-id', '-')}"
+        )
+
+
+class BucketPolicy(SansIOHTTPPolicy):
+    """Calls `take` before each HTTP request the SDK sends, retries included (the sync's
+    per-subscription token bucket, which keeps it within ARM's read limits)."""
+
+    def __init__(self, take: Callable[[], None]) -> None:
+        self.take = take
+
+    def on_request(self, request: Any) -> None:
+        self.take()
+
+
+def client_policies(
+    correlation_id: str | None = None, note: CallNote | None = None
+) -> dict[str, Any]:
+    """Keyword arguments that put the correlation policy into an Azure SDK client."""
+    return {"per_call_policies": [CorrelationPolicy(correlation_id, note)]}
+
+
+def unversioned(model_id: str) -> str:
+    """A registry model id without its version, lower case: how the catalog names models."""
+    return re.sub(r"/versions/[^/]+$", "", (model_id or "").strip()).lower()
+
+
 @register(Provider.AZURE)
 class AzureProvider:
+    owns_inventory = False
+
     def __init__(
         self,
         workspace: Workspace,
@@ -291,19 +395,18 @@ class AzureProvider:
         client_kwargs: dict[str, Any] | None = None,
         offering_slugs: dict[str, str] | None = None,
         correlation_id: str | None = None,
+        note: CallNote | None = None,
     ) -> None:
         """`offering_slugs` (registry model id, lower case -> offering slug) lets callers on
         worker threads avoid the database; by default it is read from the catalog."""
         self.workspace = workspace
         self._slugs = offering_slugs
         kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {})}
-        if correlation_id:
-            # Azure's client request id on every call, so ARM's logs match the job's.
-            from azure.core.pipeline.policies import HeadersPolicy
-
+        mine = [p for p in kwargs.get("per_call_policies", []) if isinstance(p, CorrelationPolicy)]
+        if not mine:  # the sync passes its own, shared by every client of the subscription
             kwargs["per_call_policies"] = [
                 *kwargs.get("per_call_policies", []),
-                HeadersPolicy({"x-ms-client-request-id": correlation_id}),
+                *client_policies(correlation_id, note)["per_call_policies"],
             ]
         self.ml = ml_client(
             credential or default_credential(),
@@ -325,9 +428,14 @@ class AzureProvider:
         offering = Offering.objects.filter(slug=slug).first()
         if offering is None or not offering.registry_model_id:
             raise ProviderError(
-                f"No Azure model for offering {slug!r} in the catalog.", code="NotFound"
+                f"No Azure model for offering {slug!r} in the catalog.", code=ErrorCode.NOT_FOUND
             )
         return offering
+
+    def _slug_of(self, model_id: str) -> str:
+        if self._slugs is None:
+            self._slugs = offering_slugs_by_model()
+        return self._slugs.get(unversioned(model_id), "")
 
     def _kind(self, name: str) -> str:
         kind = (
@@ -350,25 +458,32 @@ class AzureProvider:
     # --- Marketplace subscriptions -------------------------------------------------------------
     def marketplace_subscriptions_list(self) -> list[MarketplaceSubscriptionInfo]:
         def run() -> list[MarketplaceSubscriptionInfo]:
-            return [
-                MarketplaceSubscriptionInfo(
-                    s.name,
-                    s.model_id or "",
-                    str(s.status or "").replace("_", " ").title().replace(" ", ""),
-                    state_of(s.provisioning_state),
-                    s.id or "",
+            out = []
+            for s in self.ml.marketplace_subscriptions.list():
+                plan = getattr(s, "marketplace_plan", None)
+                out.append(
+                    MarketplaceSubscriptionInfo(
+                        name=s.name,
+                        model_id=s.model_id or "",
+                        status=marketplace_status(s.status),
+                        provisioning_state=state_of(s.provisioning_state),
+                        resource_id=s.id or "",
+                        publisher_id=getattr(plan, "publisher_id", None) or "",
+                        offer_id=getattr(plan, "offer_id", None) or "",
+                        plan_id=getattr(plan, "plan_id", None) or "",
+                    )
                 )
-                for s in self.ml.marketplace_subscriptions.list()
-            ]
+            return out
 
         return self._call("read", "Marketplace subscriptions", run)
 
-    def subscription_exists(self, *, offering_slug: str) -> bool:
-        model_id = self._offering(offering_slug).registry_model_id.lower()
-        return any(
-            s.model_id.lower() == model_id and s.status == "Subscribed"
-            for s in self.marketplace_subscriptions_list()
-        )
+    def subscription_status(self, *, offering_slug: str) -> MarketplaceStatus | None:
+        """The workspace's Marketplace subscription to the offering's model, if it has one."""
+        model_id = unversioned(self._offering(offering_slug).registry_model_id)
+        found = [
+            s for s in self.marketplace_subscriptions_list() if unversioned(s.model_id) == model_id
+        ]
+        return MarketplaceStatus(found[0].status) if found else None
 
     def subscription_create(self, *, offering_slug: str) -> str:
         from azure.ai.ml.entities import MarketplaceSubscription
@@ -384,35 +499,40 @@ class AzureProvider:
 
     # --- endpoints -------------------------------------------------------------------------------
     def _serverless_info(self, ep: Any) -> EndpointInfo:
-        if self._slugs is None:
-            self._slugs = offering_slugs_by_model()
         return EndpointInfo(
             name=ep.name,
             kind=Endpoint.Kind.SERVERLESS,
             provisioning_state=state_of(ep.provisioning_state),
             scoring_uri=ep.scoring_uri or "",
-            offering_slug=self._slugs.get((ep.model_id or "").lower(), ""),
+            offering_slug=self._slug_of(ep.model_id or ""),
             model_id=ep.model_id or "",
         )
 
     def _online_info(self, ep: Any, deployments: list[Any]) -> EndpointInfo:
         traffic = ep.traffic or {}
+        infos = tuple(
+            DeploymentInfo(
+                name=d.name,
+                instance_type=d.instance_type or "",
+                instance_count=d.instance_count or 0,
+                traffic_percent=int(traffic.get(d.name, 0)),
+                state=state_of(d.provisioning_state),
+                model_id=str(getattr(d, "model", "") or ""),
+            )
+            for d in deployments
+        )
+        # An online endpoint has no model of its own: its deployments serve one. The one with
+        # the most traffic names it (they normally all serve the same model).
+        ranked = sorted(infos, key=lambda d: d.traffic_percent, reverse=True)
+        model_id = next((d.model_id for d in ranked if d.model_id), "")
         return EndpointInfo(
             name=ep.name,
             kind=Endpoint.Kind.MANAGED,
             provisioning_state=state_of(ep.provisioning_state),
             scoring_uri=ep.scoring_uri or "",
-            offering_slug="",
-            deployments=tuple(
-                DeploymentInfo(
-                    name=d.name,
-                    instance_type=d.instance_type or "",
-                    instance_count=d.instance_count or 0,
-                    traffic_percent=int(traffic.get(d.name, 0)),
-                    state=state_of(d.provisioning_state),
-                )
-                for d in deployments
-            ),
+            offering_slug=self._slug_of(model_id),
+            deployments=infos,
+            model_id=model_id,
         )
 
     def serverless_endpoints_list(self) -> list[EndpointInfo]:
@@ -447,9 +567,7 @@ class AzureProvider:
 
         return self._call("read", name, online)
 
-    def endpoint_create(
-        self, *, name: str, kind: str, offering_slug: str, content_safety: bool = True
-    ) -> EndpointInfo:
+    def endpoint_create(self, *, name: str, kind: str, offering_slug: str) -> EndpointInfo:
         from azure.ai.ml.entities import ManagedOnlineEndpoint, ServerlessEndpoint
 
         offering = self._offering(offering_slug)
@@ -485,6 +603,17 @@ class AzureProvider:
                 lambda: self.ml.online_endpoints.begin_delete(name=name).result(),
             )
 
+    # --- managed deployments -------------------------------------------------------------------
+    def _deployment_info(self, result: Any, traffic_percent: int) -> DeploymentInfo:
+        return DeploymentInfo(
+            name=result.name,
+            instance_type=result.instance_type or "",
+            instance_count=result.instance_count or 0,
+            traffic_percent=traffic_percent,
+            state=state_of(result.provisioning_state),
+            model_id=str(getattr(result, "model", "") or ""),
+        )
+
     def deployment_create(
         self,
         *,
@@ -494,18 +623,33 @@ class AzureProvider:
         instance_count: int,
         traffic_percent: int,
         offering_slug: str = "",
+        data_collection: bool = False,
     ) -> DeploymentInfo:
-        from azure.ai.ml.entities import ManagedOnlineDeployment
+        from azure.ai.ml.entities import (
+            DataCollector,
+            DeploymentCollection,
+            ManagedOnlineDeployment,
+        )
 
         ep_row = Endpoint.objects.filter(workspace=self.workspace, name=endpoint_name).first()
         slug = offering_slug or (ep_row.offering.slug if ep_row and ep_row.offering else "")
         offering = self._offering(slug)
+        collector = None
+        if data_collection:
+            # Inference data collection: the deployment's dataCollector, inputs and outputs.
+            collector = DataCollector(
+                collections={
+                    "model_inputs": DeploymentCollection(enabled="true"),
+                    "model_outputs": DeploymentCollection(enabled="true"),
+                }
+            )
         deployment = ManagedOnlineDeployment(
             name=name,
             endpoint_name=endpoint_name,
             model=offering.registry_model_id,
             instance_type=instance_type,
             instance_count=instance_count,
+            data_collector=collector,
         )
 
         def run() -> DeploymentInfo:
@@ -513,15 +657,32 @@ class AzureProvider:
             endpoint = self.ml.online_endpoints.get(endpoint_name)
             endpoint.traffic = {**(endpoint.traffic or {}), name: traffic_percent}
             self.ml.online_endpoints.begin_create_or_update(endpoint).result()
-            return DeploymentInfo(
-                name=result.name,
-                instance_type=result.instance_type or "",
-                instance_count=result.instance_count or instance_count,
-                traffic_percent=traffic_percent,
-                state=state_of(result.provisioning_state),
-            )
+            return self._deployment_info(result, traffic_percent)
 
         return self._call("endpoints", f"deploying {name} to {endpoint_name}", run)
+
+    def deployment_scale(
+        self, *, endpoint_name: str, name: str, instance_count: int
+    ) -> DeploymentInfo:
+        def run() -> DeploymentInfo:
+            deployment = self.ml.online_deployments.get(name=name, endpoint_name=endpoint_name)
+            deployment.instance_count = instance_count
+            result = self.ml.online_deployments.begin_create_or_update(deployment).result()
+            traffic = self.ml.online_endpoints.get(endpoint_name).traffic or {}
+            return self._deployment_info(result, int(traffic.get(name, 0)))
+
+        return self._call(
+            "endpoints", f"scaling {endpoint_name}/{name} to {instance_count} instances", run
+        )
+
+    def traffic_set(self, *, endpoint_name: str, traffic: dict[str, int]) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            endpoint = self.ml.online_endpoints.get(endpoint_name)
+            endpoint.traffic = dict(traffic)
+            result = self.ml.online_endpoints.begin_create_or_update(endpoint).result()
+            return {k: int(v) for k, v in (result.traffic or traffic).items()}
+
+        return self._call("endpoints", f"setting the traffic of {endpoint_name}", run)
 
     def deployment_delete(self, *, endpoint_name: str, name: str) -> None:
         self._call(
@@ -543,7 +704,9 @@ class AzureProvider:
         def run() -> EndpointKeys:
             keys = ops.get_keys(name)
             if not getattr(keys, "primary_key", None):
-                raise ProviderError(f"{name} does not use key authentication.", code="NoKeys")
+                raise ProviderError(
+                    f"{name} does not use key authentication.", code=ErrorCode.NO_KEYS
+                )
             return EndpointKeys(primary=keys.primary_key, secondary=keys.secondary_key)
 
         return self._call("endpoints", f"keys of {name}", run)
@@ -551,7 +714,7 @@ class AzureProvider:
     def key_regenerate(self, *, name: str, slot: str) -> EndpointKeys:
         if slot not in ("primary", "secondary"):
             raise ProviderError(
-                "The key to regenerate is 'primary' or 'secondary'.", code="InvalidKeyType"
+                "The key to regenerate is 'primary' or 'secondary'.", code=ErrorCode.INVALID
             )
         if self._kind(name) == Endpoint.Kind.SERVERLESS:
             self._call(
@@ -718,7 +881,7 @@ def cost_rows_parse(columns: list[str], rows: list[list[Any]]) -> list[CostRow]:
     if cost_at is None or "UsageDate" not in index:
         raise ProviderError(
             f"Cost Management answered without a cost or date column ({', '.join(columns)}).",
-            code="BadResponse",
+            code=ErrorCode.BAD_RESPONSE,
         )
     known = {*COST_COLUMNS, "UsageQuantity", "UsageDate", "Currency", "Meter"}
     resource_at = index.get("ResourceId")
@@ -790,7 +953,7 @@ def cost_query(
                         "the next scheduled pull tries again.",
                         retryable=True,
                         retry_after=wait,
-                        code="Throttled",
+                        code=ErrorCode.THROTTLED,
                     ) from exc
                 log.info("cost query throttled; waiting %.0f s", wait)
                 sleep(wait)

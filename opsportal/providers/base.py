@@ -1,13 +1,56 @@
+"""The one interface every back end implements (Azure, the local runtime), what it takes and
+returns, and its one error type.
+
+Back ends are the only code that imports cloud SDKs or talks to the local runtime. They take
+and return the plain dataclasses below, raise ProviderError (whose code is an ErrorCode and
+whose `retryable` says whether trying again can help), and know nothing of HTTP requests to
+the console. `for_workspace` returns the back end of a workspace: a workspace row names its
+provider, so Azure and local workspaces live side by side.
+"""
+
 import contextlib
 import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from opsportal.inventory.models import Workspace
 
 # Azure's rule for endpoint and deployment names: letters, digits and hyphens, 3-32, starting
 # with a letter and not ending with a hyphen.
 ENDPOINT_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+
+
+class ErrorCode(StrEnum):
+    """Why a provider call failed, in words callers can branch on."""
+
+    NOT_FOUND = "NotFound"
+    CONFLICT = "Conflict"
+    UNAUTHORIZED = "Unauthorized"
+    FORBIDDEN = "Forbidden"
+    THROTTLED = "Throttled"
+    SERVER_ERROR = "ServerError"
+    CONNECTION_ERROR = "ConnectionError"
+    TIMEOUT = "Timeout"
+    BAD_REQUEST = "BadRequest"
+    BAD_RESPONSE = "BadResponse"
+    INVALID = "Invalid"
+    INVALID_NAME = "InvalidName"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    NOT_IN_REGION = "NotOfferedInRegion"
+    MODEL_NOT_LOCAL = "ModelNotAvailableLocally"
+    SUBSCRIPTION_REQUIRED = "SubscriptionRequired"
+    SUBSCRIPTION_INACTIVE = "SubscriptionInactive"
+    SUBSCRIPTION_FAILED = "SubscriptionFailed"
+    TERMS_NOT_ACCEPTED = "TermsNotAccepted"
+    PROVISIONING_FAILED = "ProvisioningFailed"
+    NO_KEYS = "NoKeys"
+    NOT_SUPPORTED = "NotSupported"
+    UNAVAILABLE = "ProviderUnavailable"
+    UNEXPECTED = "Unexpected"
 
 
 class ProviderError(Exception):
@@ -15,57 +58,37 @@ class ProviderError(Exception):
 
     `message` is written for a person (what failed, what to do); it never contains a key or a
     token. `retryable` says whether trying again later can help (throttling, 5xx, timeouts);
-    `retry_after` is the wait the service asked for, in seconds, when it asked.
+    `retry_after` is the wait the service asked for, in seconds, when it asked. `service_code`
+    is the service's own error code when it gave one (Azure's `error.code`), for the log.
     """
 
     def __init__(
         self,
         message: str,
         *,
+        code: ErrorCode = ErrorCode.UNEXPECTED,
         retryable: bool = False,
         retry_after: float | None = None,
-        code: str = "",
+        service_code: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.code = code
         self.retryable = retryable
         self.retry_after = retry_after
-        self.code = code
-
-
-_FACTORIES: dict[str, Callable[[Any], Any]] = {}
-
-
-def register(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Register a factory that builds the back end for a workspace of provider `name`."""
-
-    def decorate(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        _FACTORIES[name] = factory
-        return factory
-
-    return decorate
-
-
-def for_workspace(workspace: Any, **options: Any) -> Any:
-    """The back end of a workspace. `options` (e.g. correlation_id) go to the back end, which
-    ignores what it has no use for."""
-    if workspace.provider not in _FACTORIES:
-        # Back ends register when their module is imported; import on first use, so a process
-        # that never talks to Azure never loads the Azure SDK.
-        with contextlib.suppress(ImportError):
-            importlib.import_module(f"opsportal.providers.{workspace.provider}")
-    try:
-        factory = _FACTORIES[workspace.provider]
-    except KeyError:
-        raise ProviderError(
-            f"No back end is available for {workspace.get_provider_display()} workspaces "
-            "in this version of the console.",
-            code="ProviderUnavailable",
-        ) from None
-    return factory(workspace, **options)
+        self.service_code = service_code
 
 
 # --- what providers take and return ----------------------------------------------------------
+
+
+class MarketplaceStatus(StrEnum):
+    """A Marketplace subscription's status as Azure names it (MarketplaceSubscriptionStatus)."""
+
+    SUBSCRIBED = "Subscribed"
+    SUSPENDED = "Suspended"
+    UNSUBSCRIBED = "Unsubscribed"
+    PENDING = "Pending"
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,7 @@ class DeploymentInfo:
     instance_count: int
     traffic_percent: int
     state: str
+    model_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,3 +138,85 @@ class InstanceType:
     cores: int
     memory_gb: float
     family: str
+
+
+# A line for the job's log about one call the back end made (never a secret).
+CallNote = Callable[[str], None]
+
+
+class WorkspaceBackend(Protocol):
+    """What the console asks of a workspace's back end. Both providers implement all of it."""
+
+    # The local runtime keeps its state in the inventory itself (it writes the endpoint rows);
+    # for Azure the console writes them from what the provider returns.
+    owns_inventory: ClassVar[bool]
+
+    # Marketplace subscriptions (locally: accepting the model's licence)
+    def subscription_status(self, *, offering_slug: str) -> MarketplaceStatus | None: ...
+    def subscription_create(self, *, offering_slug: str) -> str: ...
+
+    # Endpoints
+    def endpoints_list(self) -> list[EndpointInfo]: ...
+    def endpoint_get(self, name: str) -> EndpointInfo: ...
+    def endpoint_create(self, *, name: str, kind: str, offering_slug: str) -> EndpointInfo: ...
+    def endpoint_delete(self, *, name: str) -> None: ...
+
+    # Managed deployments under an endpoint
+    def deployment_create(
+        self,
+        *,
+        endpoint_name: str,
+        name: str,
+        instance_type: str,
+        instance_count: int,
+        traffic_percent: int,
+        offering_slug: str = "",
+        data_collection: bool = False,
+    ) -> DeploymentInfo: ...
+    def deployment_scale(
+        self, *, endpoint_name: str, name: str, instance_count: int
+    ) -> DeploymentInfo: ...
+    def traffic_set(self, *, endpoint_name: str, traffic: dict[str, int]) -> dict[str, int]: ...
+    def deployment_delete(self, *, endpoint_name: str, name: str) -> None: ...
+
+    # Keys
+    def keys_get(self, *, name: str) -> EndpointKeys: ...
+    def key_regenerate(self, *, name: str, slot: str) -> EndpointKeys: ...
+
+    # Compute for managed deployments
+    def instance_types(self) -> list[InstanceType]: ...
+    def core_usage(self) -> list[CoreUsage]: ...
+
+
+_FACTORIES: dict[str, Callable[..., WorkspaceBackend]] = {}
+
+
+def register(name: str) -> Callable[[Any], Any]:
+    """Register the back end class (or factory) for workspaces of provider `name`."""
+
+    def decorate(factory: Any) -> Any:
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def for_workspace(
+    workspace: "Workspace", *, correlation_id: str | None = None, note: CallNote | None = None
+) -> WorkspaceBackend:
+    """The back end of a workspace. `correlation_id` ties every call to a job (Azure's
+    x-ms-correlation-request-id); `note` receives a line per call that changes something."""
+    if workspace.provider not in _FACTORIES:
+        # Back ends register when their module is imported; import on first use, so a process
+        # that never talks to Azure never loads the Azure SDK.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"opsportal.providers.{workspace.provider}")
+    try:
+        factory = _FACTORIES[workspace.provider]
+    except KeyError:
+        raise ProviderError(
+            f"No back end is available for {workspace.get_provider_display()} workspaces "
+            "in this version of the console.",
+            code=ErrorCode.UNAVAILABLE,
+        ) from None
+    return factory(workspace, correlation_id=correlation_id, note=note)

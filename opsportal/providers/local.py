@@ -27,7 +27,9 @@ from opsportal.providers.base import (
     DeploymentInfo,
     EndpointInfo,
     EndpointKeys,
+    ErrorCode,
     InstanceType,
+    MarketplaceStatus,
     ProviderError,
     register,
 )
@@ -35,6 +37,11 @@ from opsportal.runtime.control import INSTANCE_TYPES, machine_cores, scoring_uri
 from opsportal.runtime.models import KeySlot, LocalKey
 
 CORE_FAMILY = "local"
+LOCAL_STATUS = {
+    MarketplaceSubscription.State.SUCCEEDED: MarketplaceStatus.SUBSCRIBED,
+    MarketplaceSubscription.State.SUSPENDED: MarketplaceStatus.SUSPENDED,
+    MarketplaceSubscription.State.UNSUBSCRIBED: MarketplaceStatus.UNSUBSCRIBED,
+}
 
 
 def new_key() -> str:
@@ -66,6 +73,9 @@ def _info(ep: Endpoint) -> EndpointInfo:
 
 @register(Provider.LOCAL)
 class LocalProvider:
+    # The runtime's desired state is the inventory: this provider writes the rows itself.
+    owns_inventory = True
+
     def __init__(self, workspace: Workspace, **options: object) -> None:
         if workspace.provider != Provider.LOCAL:
             raise ProviderError(f"{workspace.name} is not a local workspace.")
@@ -83,7 +93,7 @@ class LocalProvider:
         ep = self._endpoints().filter(name=name).first()
         if ep is None:
             raise ProviderError(
-                f"No endpoint named {name!r} in {self.workspace.name}.", code="NotFound"
+                f"No endpoint named {name!r} in {self.workspace.name}.", code=ErrorCode.NOT_FOUND
             )
         return ep
 
@@ -96,12 +106,12 @@ class LocalProvider:
     def _offering(self, slug: str) -> Offering:
         offering = Offering.objects.filter(slug=slug).first()
         if offering is None:
-            raise ProviderError(f"No offering {slug!r} in the catalog.", code="NotFound")
+            raise ProviderError(f"No offering {slug!r} in the catalog.", code=ErrorCode.NOT_FOUND)
         if offering.provider_scope != Provider.LOCAL:
             raise ProviderError(
                 f"{offering.display_name} runs only on Azure; the local runtime serves the "
                 "local offerings of the catalog.",
-                code="ModelNotAvailableLocally",
+                code=ErrorCode.MODEL_NOT_LOCAL,
             )
         return offering
 
@@ -116,42 +126,46 @@ class LocalProvider:
         )
         return sub.state
 
-    def subscription_exists(self, *, offering_slug: str) -> bool:
-        return MarketplaceSubscription.objects.filter(
-            workspace=self.workspace,
-            offering__slug=offering_slug,
-            deleted_at__isnull=True,
-            state=MarketplaceSubscription.State.SUCCEEDED,
-        ).exists()
+    def subscription_status(self, *, offering_slug: str) -> MarketplaceStatus | None:
+        state = (
+            MarketplaceSubscription.objects.filter(
+                workspace=self.workspace, offering__slug=offering_slug, deleted_at__isnull=True
+            )
+            .values_list("state", flat=True)
+            .first()
+        )
+        if state is None:
+            return None
+        return LOCAL_STATUS.get(state, MarketplaceStatus.PENDING)
 
     # --- endpoints -------------------------------------------------------------------------
-    def endpoint_create(
-        self, *, name: str, kind: str, offering_slug: str, content_safety: bool = True
-    ) -> EndpointInfo:
+    def endpoint_create(self, *, name: str, kind: str, offering_slug: str) -> EndpointInfo:
         if not ENDPOINT_NAME_RE.match(name):
             raise ProviderError(
                 f"{name!r} is not a valid endpoint name: 3 to 32 letters, digits or hyphens, "
                 "starting with a letter and not ending with a hyphen.",
-                code="InvalidName",
+                code=ErrorCode.INVALID_NAME,
             )
         offering = self._offering(offering_slug)
         if kind == Endpoint.Kind.SERVERLESS:
             if not offering.serverless_allowed_in(self.workspace.region):
                 raise ProviderError(
                     f"{offering.display_name} is not offered as serverless in this workspace.",
-                    code="ServerlessModelNotAvailableInRegion",
+                    code=ErrorCode.NOT_IN_REGION,
                 )
-            if not self.subscription_exists(offering_slug=offering_slug):
+            if (
+                self.subscription_status(offering_slug=offering_slug)
+                != MarketplaceStatus.SUBSCRIBED
+            ):
                 raise ProviderError(
                     f"Accept the licence of {offering.display_name} for this workspace first "
                     "(the Marketplace subscription step).",
-                    code="SubscriptionRequired",
+                    code=ErrorCode.SUBSCRIPTION_REQUIRED,
                 )
-            content_safety = True
         elif not offering.managed_compute:
             raise ProviderError(
                 f"{offering.display_name} cannot run on managed compute.",
-                code="ManagedComputeNotSupported",
+                code=ErrorCode.NOT_SUPPORTED,
             )
         try:
             with transaction.atomic():
@@ -163,7 +177,9 @@ class LocalProvider:
                     region=self.workspace.region,
                     scoring_uri=scoring_uri(name),
                     provisioning_state=ProvisioningState.CREATING,
-                    content_safety=content_safety,
+                    # Serverless rows always claim it (a constraint); no classifier runs here,
+                    # which the pages say (Endpoint.content_safety_note).
+                    content_safety=kind == Endpoint.Kind.SERVERLESS,
                 )
                 for slot in KeySlot:
                     key = new_key()
@@ -176,9 +192,9 @@ class LocalProvider:
                 raise ProviderError(
                     f"{offering.display_name} already has a serverless endpoint in this "
                     f"workspace ({existing.name}): one per model per workspace.",
-                    code="Conflict",
+                    code=ErrorCode.CONFLICT,
                 ) from None
-            raise ProviderError(f"The name {name!r} is taken.", code="Conflict") from None
+            raise ProviderError(f"The name {name!r} is taken.", code=ErrorCode.CONFLICT) from None
         return self.endpoint_get(name)
 
     def endpoint_delete(self, *, name: str) -> None:
@@ -225,34 +241,38 @@ class LocalProvider:
         instance_type: str,
         instance_count: int,
         traffic_percent: int,
+        offering_slug: str = "",
+        data_collection: bool = False,
     ) -> DeploymentInfo:
         ep = self._endpoint(endpoint_name)
         if ep.kind != Endpoint.Kind.MANAGED:
-            raise ProviderError("Deployments belong to managed endpoints only.", code="InvalidKind")
+            raise ProviderError(
+                "Deployments belong to managed endpoints only.", code=ErrorCode.INVALID
+            )
         size = INSTANCE_TYPES.get(instance_type)
         if size is None:
             raise ProviderError(
                 f"Unknown local instance type {instance_type!r}; choose one "
                 f"of {', '.join(INSTANCE_TYPES)}.",
-                code="InvalidInstanceType",
+                code=ErrorCode.INVALID,
             )
         if instance_count < 1:
-            raise ProviderError("instance_count must be at least 1.", code="InvalidCount")
+            raise ProviderError("instance_count must be at least 1.", code=ErrorCode.INVALID)
         if not 0 <= traffic_percent <= 100:
-            raise ProviderError("traffic must be between 0 and 100 %.", code="InvalidTraffic")
+            raise ProviderError("traffic must be between 0 and 100 %.", code=ErrorCode.INVALID)
         needed = size["threads"] * instance_count
         usage = self.core_usage()[0]
         if needed > usage.headroom:
             raise ProviderError(
                 f"Not enough cores: this deployment needs {needed}, {usage.headroom} of "
                 f"{usage.limit} are free on this machine.",
-                code="QuotaExceeded",
+                code=ErrorCode.QUOTA_EXCEEDED,
             )
         others = ep.deployments.filter(deleted_at__isnull=True).aggregate(t=Sum("traffic_percent"))
         if (others["t"] or 0) + traffic_percent > 100:
             raise ProviderError(
                 "Traffic across an endpoint's deployments cannot exceed 100 %.",
-                code="InvalidTraffic",
+                code=ErrorCode.INVALID,
             )
         try:
             dep = ManagedDeployment.objects.create(
@@ -264,9 +284,66 @@ class LocalProvider:
                 state=ProvisioningState.CREATING,
             )
         except IntegrityError:
-            raise ProviderError(f"A deployment named {name!r} exists.", code="Conflict") from None
+            raise ProviderError(
+                f"A deployment named {name!r} exists.", code=ErrorCode.CONFLICT
+            ) from None
         Endpoint.objects.filter(pk=ep.pk).update(provisioning_state=ProvisioningState.UPDATING)
         return _deployment_info(dep)
+
+    def _deployment(self, ep: Endpoint, name: str) -> ManagedDeployment:
+        dep = ep.deployments.filter(name=name, deleted_at__isnull=True).first()
+        if dep is None:
+            raise ProviderError(
+                f"No deployment {name!r} under {ep.name}.", code=ErrorCode.NOT_FOUND
+            )
+        return dep
+
+    def deployment_scale(
+        self, *, endpoint_name: str, name: str, instance_count: int
+    ) -> DeploymentInfo:
+        ep = self._endpoint(endpoint_name)
+        dep = self._deployment(ep, name)
+        if instance_count < 1:
+            raise ProviderError("instance_count must be at least 1.", code=ErrorCode.INVALID)
+        size = INSTANCE_TYPES.get(dep.vm_sku, {"threads": 0})
+        extra = size["threads"] * (instance_count - dep.instance_count)
+        usage = self.core_usage()[0]
+        if extra > usage.headroom:
+            raise ProviderError(
+                f"Not enough cores: {instance_count} instances of {dep.vm_sku} need {extra} more, "
+                f"{usage.headroom} of {usage.limit} are free on this machine.",
+                code=ErrorCode.QUOTA_EXCEEDED,
+            )
+        with transaction.atomic():
+            ManagedDeployment.objects.filter(pk=dep.pk).update(
+                instance_count=instance_count,
+                state=ProvisioningState.UPDATING,
+                updated_at=timezone.now(),
+            )
+            Endpoint.objects.filter(pk=ep.pk).update(provisioning_state=ProvisioningState.UPDATING)
+        dep.refresh_from_db()
+        return _deployment_info(dep)
+
+    def traffic_set(self, *, endpoint_name: str, traffic: dict[str, int]) -> dict[str, int]:
+        ep = self._endpoint(endpoint_name)
+        live = {d.name: d for d in ep.deployments.filter(deleted_at__isnull=True)}
+        unknown = sorted(set(traffic) - set(live))
+        if unknown:
+            raise ProviderError(
+                f"{endpoint_name} has no deployment {unknown[0]!r}.", code=ErrorCode.NOT_FOUND
+            )
+        wanted = {name: int(traffic.get(name, 0)) for name in live}
+        if any(not 0 <= v <= 100 for v in wanted.values()) or sum(wanted.values()) not in (0, 100):
+            raise ProviderError(
+                "Traffic across an endpoint's deployments must add up to 100 % (or 0 %).",
+                code=ErrorCode.INVALID,
+            )
+        with transaction.atomic():
+            for name, percent in wanted.items():
+                ManagedDeployment.objects.filter(pk=live[name].pk).update(
+                    traffic_percent=percent, updated_at=timezone.now()
+                )
+        return wanted
 
     def deployment_delete(self, *, endpoint_name: str, name: str) -> None:
         ep = self._endpoint(endpoint_name)
@@ -274,7 +351,9 @@ class LocalProvider:
             state=ProvisioningState.DELETING, traffic_percent=0
         )
         if not updated:
-            raise ProviderError(f"No deployment {name!r} under {endpoint_name}.", code="NotFound")
+            raise ProviderError(
+                f"No deployment {name!r} under {endpoint_name}.", code=ErrorCode.NOT_FOUND
+            )
 
     # --- keys ------------------------------------------------------------------------------
     def keys_get(self, *, name: str) -> EndpointKeys:
@@ -287,13 +366,13 @@ class LocalProvider:
         keys = {slot: decrypt(encrypted) for slot, encrypted in rows}
         if set(keys) != {KeySlot.PRIMARY, KeySlot.SECONDARY}:
             self._endpoint(name)  # says "no such endpoint" when that is the reason
-            raise ProviderError(f"{name} has no keys.", code="NotFound")
+            raise ProviderError(f"{name} has no keys.", code=ErrorCode.NOT_FOUND)
         return EndpointKeys(primary=keys[KeySlot.PRIMARY], secondary=keys[KeySlot.SECONDARY])
 
     def key_regenerate(self, *, name: str, slot: str) -> EndpointKeys:
         if slot not in KeySlot.values:
             raise ProviderError(
-                "The key to regenerate is 'primary' or 'secondary'.", code="InvalidKeyType"
+                "The key to regenerate is 'primary' or 'secondary'.", code=ErrorCode.INVALID
             )
         ep = self._endpoint(name)
         key = new_key()
@@ -301,5 +380,5 @@ class LocalProvider:
             encrypted=encrypt(key), digest=digest(key), rotated_at=timezone.now()
         )
         if not updated:
-            raise ProviderError(f"{name} has no {slot} key.", code="NotFound")
+            raise ProviderError(f"{name} has no {slot} key.", code=ErrorCode.NOT_FOUND)
         return self.keys_get(name=name)

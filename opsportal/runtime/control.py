@@ -200,9 +200,18 @@ class Runtime:
         if ep.kind != Endpoint.Kind.MANAGED:
             return  # serverless endpoints have no deployments: no queries on every pass
         deployment_state = ProvisioningState.FAILED if errors else ProvisioningState.SUCCEEDED
-        ManagedDeployment.objects.filter(endpoint=ep, deleted_at__isnull=True).exclude(
-            state__in=[deployment_state, ProvisioningState.DELETING]
-        ).update(state=deployment_state, updated_at=timezone.now())
+        for dep in ep.deployments.all():
+            if dep.deleted_at is not None or dep.state in (
+                deployment_state,
+                ProvisioningState.DELETING,
+            ):
+                continue
+            # Only as planned in this pass: a deployment scaled meanwhile waits for the next.
+            ManagedDeployment.objects.filter(
+                pk=dep.pk, instance_count=dep.instance_count, vm_sku=dep.vm_sku
+            ).exclude(state__in=[deployment_state, ProvisioningState.DELETING]).update(
+                state=deployment_state, updated_at=timezone.now()
+            )
         ManagedDeployment.objects.filter(
             endpoint=ep, deleted_at__isnull=True, state=ProvisioningState.DELETING
         ).update(deleted_at=timezone.now())

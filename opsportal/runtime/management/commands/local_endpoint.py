@@ -58,7 +58,7 @@ class Command(BaseCommand):
         wait: float,
         **_: object,
     ) -> None:
-        if not provider.subscription_exists(offering_slug=offering):
+        if provider.subscription_status(offering_slug=offering) is None:
             if not accept_licence:
                 terms = (
                     Offering.objects.filter(slug=offering).values_list("terms_url", flat=True)
