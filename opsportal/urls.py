@@ -57,6 +57,26 @@ urlpatterns = [
         name="endpoint_delete_confirm",
     ),
     path("endpoints/<int:pk>/delete/start/", deployments.endpoint_delete, name="endpoint_delete"),
+    path(
+        "endpoints/<int:pk>/deployments/",
+        deployments.deployments_manage,
+        name="deployments_manage",
+    ),
+    path(
+        "endpoints/<int:pk>/deployments/traffic/",
+        deployments.endpoint_traffic,
+        name="endpoint_traffic",
+    ),
+    path(
+        "endpoints/<int:pk>/deployments/<str:name>/scale/",
+        deployments.deployment_scale,
+        name="deployment_scale",
+    ),
+    path(
+        "endpoints/<int:pk>/deployments/<str:name>/remove/",
+        deployments.deployment_remove,
+        name="deployment_remove",
+    ),
     path("endpoints/<int:pk>/keys/rotate/", keys.key_rotate, name="key_rotate"),
     path("endpoints/<int:pk>/keys/schedule/", keys.key_schedule, name="key_schedule"),
     path("endpoints/<int:pk>/keys/reveal/", keys.key_reveal_view, name="key_reveal"),

@@ -64,6 +64,17 @@ class RunningRuntime:
             time.sleep(0.1)
         raise AssertionError(f"{name} did not reach {state} in {timeout}s")
 
+    def wait_route(self, name: str, holds, timeout: float = 60):  # type: ignore[no-untyped-def]
+        """The runtime's route of an endpoint once `holds(route)` is true (it is rebuilt on
+        every reconcile pass)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            route = self.runtime.routes.get(name)
+            if route is not None and holds(route):
+                return route
+            time.sleep(0.1)
+        raise AssertionError(f"the route of {name} never held: {self.runtime.routes.get(name)}")
+
 
 def start_runtime(settings, port: int | None = None) -> tuple[RunningRuntime, callable]:
     port = port or free_port()

@@ -5,7 +5,7 @@ from opsportal.accounts.models import Membership, Role
 from opsportal.jobs.models import AuditEvent, Job
 from opsportal.keys.models import RotationSchedule, SecretVersion
 from tests.conftest import client_for
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import EndpointFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.production_path
 
@@ -27,6 +27,7 @@ def mutation_url_names() -> set[str]:
 
 def mutation_urls(world) -> dict[str, str]:
     membership = Membership.objects.get(user=world.operator, team=world.team_a)
+    managed = EndpointFactory(workspace=world.ws_a, name="ep-managed", kind="managed")
     job = Job.objects.get_or_create(
         kind="deploy",
         workspace=world.ws_a,
@@ -50,6 +51,9 @@ def mutation_urls(world) -> dict[str, str]:
         "job_cancel": reverse("job_cancel", args=[job.pk]),
         "job_retry": reverse("job_retry", args=[job.pk]),
         "budget_set": reverse("budget_set", args=[world.team_a.slug]),
+        "deployment_scale": reverse("deployment_scale", args=[managed.pk, "blue"]),
+        "deployment_remove": reverse("deployment_remove", args=[managed.pk, "blue"]),
+        "endpoint_traffic": reverse("endpoint_traffic", args=[managed.pk]),
     }
 
 

@@ -1,9 +1,16 @@
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import has_role, mutation, require_role, role_on
+from opsportal.deployments.changes import (
+    MAX_INSTANCES,
+    ChangeRefused,
+    change_request,
+    change_running,
+    live_deployments,
+)
 from opsportal.deployments.forms import DeployForm, deployable_workspaces
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
@@ -135,3 +142,90 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
         },
     )
     return redirect(request, job.get_absolute_url())
+
+
+# --- a managed endpoint's deployments ----------------------------------------------------------
+
+
+def _managed(request: HttpRequest, pk: int) -> Endpoint:
+    endpoint = _endpoint(request, pk)
+    if endpoint.kind != Endpoint.Kind.MANAGED:
+        raise Http404("Only managed endpoints have deployments.")
+    return endpoint
+
+
+def deployments_manage(
+    request: HttpRequest, pk: int, *, refused: ChangeRefused | None = None, status: int = 200
+) -> HttpResponse:
+    """Scale a deployment, split the traffic, remove one: each a job with its pre-flight."""
+    endpoint = _managed(request, pk)
+    deployments = sorted(live_deployments(endpoint).values(), key=lambda d: d.name)
+    typed = request.POST if refused else {}
+    rows = [
+        {"d": d, "traffic": typed.get(f"traffic-{d.name}", d.traffic_percent)} for d in deployments
+    ]
+    return render(
+        request,
+        "deployments/manage.html",
+        {
+            "endpoint": endpoint,
+            "rows": rows,
+            "traffic_total": sum(d.traffic_percent for d in deployments),
+            "running": change_running(endpoint=endpoint),
+            "can_change": has_role(request.user, endpoint.workspace.team_id, Role.OPERATOR),
+            "refused": refused,
+            "max_instances": MAX_INSTANCES,
+        },
+        status=status,
+    )
+
+
+def _operator_endpoint(request: HttpRequest, pk: int) -> Endpoint:
+    endpoint = _managed(request, pk)
+    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
+    return endpoint
+
+
+def _change(request: HttpRequest, endpoint: Endpoint, kind: str, **params: object) -> HttpResponse:
+    try:
+        requested = change_request(endpoint=endpoint, user=request.user, kind=kind, **params)
+    except ChangeRefused as refused:
+        return deployments_manage(request, endpoint.pk, refused=refused, status=422)
+    return redirect(request, requested.job.get_absolute_url())
+
+
+def _whole_number(value: str | None) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+@mutation(Role.OPERATOR)
+def deployment_scale(request: HttpRequest, pk: int, name: str) -> HttpResponse:
+    endpoint = _operator_endpoint(request, pk)
+    count = _whole_number(request.POST.get("instance_count"))
+    if count is None:
+        refused = ChangeRefused("Enter a whole number of instances.", field="instance_count")
+        return deployments_manage(request, pk, refused=refused, status=422)
+    return _change(request, endpoint, Job.Kind.SCALE, name=name, instance_count=count)
+
+
+@mutation(Role.OPERATOR)
+def endpoint_traffic(request: HttpRequest, pk: int) -> HttpResponse:
+    endpoint = _operator_endpoint(request, pk)
+    traffic = {
+        key.removeprefix("traffic-"): _whole_number(value)
+        for key, value in request.POST.items()
+        if key.startswith("traffic-")
+    }
+    if not traffic or None in traffic.values():
+        refused = ChangeRefused("Enter each share as a whole number of percent.", field="traffic")
+        return deployments_manage(request, pk, refused=refused, status=422)
+    return _change(request, endpoint, Job.Kind.TRAFFIC, traffic=traffic)
+
+
+@mutation(Role.OPERATOR)
+def deployment_remove(request: HttpRequest, pk: int, name: str) -> HttpResponse:
+    endpoint = _operator_endpoint(request, pk)
+    return _change(request, endpoint, Job.Kind.DEPLOYMENT_DELETE, name=name)

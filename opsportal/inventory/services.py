@@ -80,11 +80,14 @@ def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: A
 
     defaults = {
         "kind": info.kind,
-        "offering": offering,
         "region": workspace.region,
         "scoring_uri": info.scoring_uri,
         "provisioning_state": info.provisioning_state,
     }
+    # A model the catalog does not know (or a managed endpoint with no deployment yet) says
+    # nothing about the row's model: keep what the console already knows.
+    if offering is not None:
+        defaults["offering"] = offering
     if info.model_id:
         defaults["model_id"] = info.model_id
     if info.status_message:
