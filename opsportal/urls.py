@@ -25,6 +25,7 @@ urlpatterns = [
     path("accounts/azure-sync/", inventory.azure_sync_start, name="azure_sync_start"),
     path("workspaces/", inventory.workspaces_list, name="workspaces"),
     path("workspaces/<int:pk>/", inventory.workspace_detail, name="workspace_detail"),
+    path("workspaces/<int:pk>/team/", inventory.workspace_team, name="workspace_team"),
     path("endpoints/", inventory.endpoints_list, name="endpoints"),
     path("endpoints/<int:pk>/", inventory.endpoint_detail, name="endpoint_detail"),
     path("offerings/", inventory.offerings_list, name="offerings"),

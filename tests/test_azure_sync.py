@@ -1,6 +1,7 @@
 """Inventory sync over a canned ARM (Azure's published examples through the SDK pipeline)."""
 
 import copy
+import json
 
 import pytest
 import responses
@@ -228,3 +229,37 @@ def test_it_shows_per_workspace_results_on_the_job_page(catalog, monkeypatch):
     assert "ws-broken: FAILED: Azure failed (500)" in page
     assert str(job.correlation_id) in page
     assert 'hx-trigger="every 2s"' not in page  # finished: the page stops polling
+
+
+def test_a_workspace_takes_the_team_its_azure_tag_names_unless_assigned_by_hand(world):
+    from tests.conftest import client_for
+    from tests.factories import UserFactory
+
+    def sync_tagged(tag: str) -> Workspace:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+            canned_arm(rs)
+            page = rs.registered()[1]  # the workspaces list
+            body = json.loads(page.body)
+            body["value"][0]["tags"] = {"OpsPortal-Team": tag}
+            page.body = json.dumps(body)
+            report = sync()
+        return Workspace.objects.get(name="ws-good"), report
+
+    workspace, _ = sync_tagged("alpha")
+    assert (workspace.team, workspace.team_source) == (world.team_a, "tag")
+    workspace, report = sync_tagged("no-such-team")
+    assert workspace.team is None
+    assert any("names no team of the console" in line for line in report.lines)
+    # A superuser's assignment sticks through later syncs; "follow the tag" hands it back.
+    root = UserFactory(username="root@example.com", is_superuser=True, is_staff=True)
+    client = client_for(root)
+    url = reverse("workspace_team", args=[workspace.pk])
+    assert client.post(url, {"team": world.team_b.pk}).status_code == 302
+    workspace, _ = sync_tagged("alpha")
+    assert (workspace.team, workspace.team_source) == (world.team_b, "manual")
+    client.post(url, {"team": ""})
+    workspace, _ = sync_tagged("alpha")
+    assert (workspace.team, workspace.team_source) == (world.team_a, "tag")
+    page = client_for(world.viewer).get(reverse("workspace_detail", args=[workspace.pk]))
+    assert page.status_code == 200 and 'data-testid="team-form"' not in page.content.decode()
+    assert client_for(world.admin).post(url, {"team": ""}).status_code == 403

@@ -54,6 +54,7 @@ def mutation_urls(world) -> dict[str, str]:
         "deployment_scale": reverse("deployment_scale", args=[managed.pk, "blue"]),
         "deployment_remove": reverse("deployment_remove", args=[managed.pk, "blue"]),
         "endpoint_traffic": reverse("endpoint_traffic", args=[managed.pk]),
+        "workspace_team": reverse("workspace_team", args=[world.ws_a.pk]),
     }
 
 

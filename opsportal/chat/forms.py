@@ -6,6 +6,7 @@ from typing import Any
 from django import forms
 
 from opsportal.inventory.models import Endpoint
+from opsportal.inventory.scoring import SCORE, SCORE_PARAMETERS, is_score, score_body
 from opsportal.runtime import api
 
 TRISTATE = [("", "Family default"), ("true", "true"), ("false", "false")]
@@ -91,6 +92,15 @@ class ChatForm(forms.Form):
             self.fields[
                 "ignore_eos"
             ].help_text += f" Default {'true' if offering.default_ignore_eos else 'false'}."
+        self.score = is_score(endpoint.scoring_uri)
+        if self.score:
+            # A managed online endpoint: one route, the model's scoring contract, and only the
+            # parameters that contract takes.
+            self.fields["mode"].choices = [("chat", "Chat")]
+            self.fields["route_style"].choices = [("score", f"{SCORE} (the model's contract)")]
+            self.fields["route_style"].initial = "score"
+            for name in [n for n in self.fields if n in HELP and n not in SCORE_PARAMETERS]:
+                del self.fields[name]
 
     @property
     def parameter_fields(self) -> list[forms.BoundField]:
@@ -154,6 +164,8 @@ class ChatForm(forms.Form):
         return data
 
     def route(self) -> str:
+        if self.score:
+            return SCORE
         mode, native = self.cleaned_data["mode"], self.cleaned_data["route_style"] == "native"
         path = "/chat/completions" if mode == "chat" else "/completions"
         return f"/v1{path}" if native else path
@@ -177,6 +189,11 @@ class ChatForm(forms.Form):
         # best_of cannot stream: such turns arrive whole.
         body["stream"] = not (body.get("best_of") or 1) > 1
         return body
+
+    def request_body(self, *, history: list[dict[str, str]]) -> dict[str, Any]:
+        """What is sent: the body above, or for a /score endpoint that body in its contract."""
+        body = self.body(history=history)
+        return score_body(body) if self.score else body
 
 
 def _json(body: dict[str, Any]) -> bytes:

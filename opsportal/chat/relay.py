@@ -21,6 +21,7 @@ from django.template.loader import render_to_string
 
 from opsportal.chat.models import ChatTurn
 from opsportal.chat.services import RelayTarget
+from opsportal.inventory.scoring import SCORE, score_as_chat
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
     weakref.WeakKeyDictionary()
@@ -197,6 +198,8 @@ async def relay(
                         break
             else:
                 answer = json.loads(await upstream.aread())
+                if turn.route == SCORE:
+                    answer = score_as_chat(answer)
                 got.take(answer, turn.mode)
                 yield data_event(answer)
     except httpx.TimeoutException:

@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from opsportal.chat.forms import ChatForm
 from opsportal.chat.models import ChatTurn
 from opsportal.inventory.models import Endpoint
+from opsportal.inventory.scoring import endpoint_url
 from opsportal.keys.store import secret_current, secret_value
 from opsportal.providers import ProviderError, for_workspace
 
@@ -49,7 +50,7 @@ def chat_turn_create(
         route=form.route(),
         prompt=data["message"],
         system_prompt=data.get("system_prompt", ""),
-        request_body=form.body(history=history),
+        request_body=form.request_body(history=history),
     )
 
 
@@ -62,7 +63,7 @@ def curl_command(*, scoring_uri: str, route: str, body: dict[str, Any]) -> str:
     stream = " -N" if body.get("stream") else ""
     return (
         f'curl{stream} -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
-        f"{shlex.quote(scoring_uri + route)} -d {shlex.quote(json.dumps(body))}"
+        f"{shlex.quote(endpoint_url(scoring_uri, route))} -d {shlex.quote(json.dumps(body))}"
     )
 
 
@@ -121,7 +122,7 @@ def relay_target(turn: ChatTurn) -> RelayTarget:
     else:
         key = for_workspace(endpoint.workspace).keys_get(name=endpoint.name).primary
     return RelayTarget(
-        url=endpoint.scoring_uri.rstrip("/") + turn.route, body=turn.request_body, key=key
+        url=endpoint_url(endpoint.scoring_uri, turn.route), body=turn.request_body, key=key
     )
 
 

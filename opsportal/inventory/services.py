@@ -97,3 +97,23 @@ def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: A
     )
     deployments_store(endpoint=endpoint, deployments=info.deployments, now=now)
     return endpoint
+
+
+def workspace_team_set(*, workspace: Workspace, team: Team | None, user: Any) -> Workspace:
+    """A superuser's choice of team for a synced workspace; None hands it back to the Azure tag
+    (the next sync applies it)."""
+    from opsportal.jobs.services import audit_record
+
+    source = Workspace.TeamSource.MANUAL if team else Workspace.TeamSource.NONE
+    with transaction.atomic():
+        Workspace.objects.filter(pk=workspace.pk).update(team=team, team_source=source)
+        audit_record(
+            actor=user,
+            action="workspace.team",
+            object_type="workspace",
+            object_label=workspace.name,
+            workspace=workspace,
+            detail=f"team {team.name}" if team else "follow the Azure tag",
+        )
+    workspace.refresh_from_db()
+    return workspace

@@ -3,15 +3,15 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
 
-from opsportal.accounts.models import Role
+from opsportal.accounts.models import Role, Team
 from opsportal.accounts.permissions import mutation, role_on
 from opsportal.core.forms import plain_selects
 from opsportal.costs.quota import endpoint_quotas
-from opsportal.inventory import selectors
+from opsportal.inventory import selectors, services
 from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
 from opsportal.jobs.models import Job
 from opsportal.jobs.selectors import visible_jobs
@@ -68,6 +68,20 @@ def workspaces_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+@mutation(Role.ADMIN)
+def workspace_team(request: HttpRequest, pk: int) -> HttpResponse:
+    """Superusers give an Azure workspace a team by hand (or hand it back to the Azure tag)."""
+    if not request.user.is_superuser:
+        raise PermissionDenied("Assigning workspaces to teams needs a superuser.")
+    workspace = get_object_or_404(selectors.visible_workspaces(request.user), pk=pk)
+    raw = request.POST.get("team", "")
+    team = Team.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
+    if raw and team is None:
+        raise Http404("No such team.")
+    services.workspace_team_set(workspace=workspace, team=team, user=request.user)
+    return HttpResponseRedirect(workspace.get_absolute_url())
+
+
 def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
     workspace = get_object_or_404(
         selectors.visible_workspaces(request.user).select_related("account", "team"), pk=pk
@@ -80,6 +94,8 @@ def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "subscriptions": selectors.workspace_subscriptions(workspace),
             "endpoints": selectors.workspace_endpoints(workspace),
             "role": role_on(request.user, workspace.team_id),
+            "teams": Team.objects.order_by("name") if request.user.is_superuser else [],
+            "team_tag": settings.OPSPORTAL_TEAM_TAG,
             "quotas": endpoint_quotas(
                 list(
                     workspace.endpoints.filter(kind="serverless", deleted_at__isnull=True)

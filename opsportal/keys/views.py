@@ -17,6 +17,7 @@ from opsportal.accounts.permissions import (
 from opsportal.deployments.views import redirect
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
+from opsportal.inventory.scoring import is_score
 from opsportal.jobs.models import AuditEvent
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.services import (
@@ -58,6 +59,7 @@ def keys_context(request: HttpRequest, endpoint: Endpoint) -> dict:
         ).select_related("actor")[:20],
         "can_operate": has_role(request.user, endpoint.workspace.team_id, Role.OPERATOR),
         "can_reveal": has_role(request.user, endpoint.workspace.team_id, Role.ADMIN),
+        "score": is_score(endpoint.scoring_uri),
     }
 
 
