@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 import responses
@@ -23,6 +24,48 @@ WS_PATH = f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningService
 LLAMA = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
 
 
+PLAN = {"publisherId": "metagenai", "offerId": "meta-llama-3-8b-instruct-offer", "planId": "paygo"}
+SAAS_ID = (
+    f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.SaaS/resources/"
+    "meta-llama-3-8b-instruct-offer-1b2c"
+)
+
+
+def saas_page(*plans: dict) -> dict:
+    """The SaaS provider's list by resource group (specification/saas, 2026-04-01 example),
+    one resource per plan."""
+    item = example_spec_saas()
+    page = []
+    for i, plan in enumerate(plans or (PLAN,)):
+        one = copy.deepcopy(item)
+        one["id"] = SAAS_ID if i == 0 else f"{SAAS_ID}-{i}"
+        one["name"] = one["id"].rsplit("/", 1)[1]
+        one["properties"].update(
+            publisherName=plan["publisherId"], offerName=plan["offerId"], planName=plan["planId"]
+        )
+        page.append(one)
+    return {"value": page, "nextLink": None}
+
+
+def example_spec_saas() -> dict:
+    # As published in SaasListByResourceGroup.json (2026-04-01): the fields the sync reads.
+    return {
+        "id": "",
+        "name": "",
+        "type": "Microsoft.SaaS/resources",
+        "location": "global",
+        "tags": {},
+        "properties": {
+            "subscriptionId": "e24b5b6b-2dfc-41ea-c457-46d0c42494af",
+            "status": "Subscribed",
+            "publisherName": "",
+            "planName": "",
+            "offerName": "",
+            "storeFront": "AzurePortal",
+        },
+    }
+
+
 def ws_path(rg: str, name: str) -> str:
     return (
         f"{ARM}/subscriptions/{SUB}/resourceGroups/{rg}/providers/"
@@ -30,7 +73,7 @@ def ws_path(rg: str, name: str) -> str:
     )
 
 
-def canned_arm(rs, *, endpoints=("llama-chat",), broken=False) -> None:
+def canned_arm(rs, *, endpoints=("llama-chat",), broken=False, rg_tags=None) -> None:
     rs.add(
         responses.GET,
         url(f"{ARM}/subscriptions"),
@@ -60,8 +103,16 @@ def canned_arm(rs, *, endpoints=("llama-chat",), broken=False) -> None:
     subs = without_next_link(example("marketplace/List.json"))
     subs["value"][0].update({"name": "llama-sub"})
     subs["value"][0]["properties"].update(
-        {"modelId": LLAMA, "marketplaceSubscriptionStatus": "Subscribed"}
+        {"modelId": LLAMA, "marketplaceSubscriptionStatus": "Subscribed", "marketplacePlan": PLAN}
     )
+    rg = f"{ARM}/subscriptions/{SUB}/resourceGroups/rg1"
+    # The resources SDK spells the segment "resourcegroups".
+    rs.add(
+        responses.GET,
+        re.compile(re.escape(rg) + r"(\?.*)?$", re.IGNORECASE),
+        json={"id": rg.removeprefix(ARM), "name": "rg1", "location": "eastus2", "tags": rg_tags},
+    )
+    rs.add(responses.GET, url(f"{rg}/providers/Microsoft.SaaS/resources"), json=saas_page())
     rs.add(responses.GET, url(f"{good}/marketplaceSubscriptions"), json=subs)
     serverless = without_next_link(example("serverless/List.json"))
     item = serverless["value"][0]
@@ -263,3 +314,32 @@ def test_a_workspace_takes_the_team_its_azure_tag_names_unless_assigned_by_hand(
     page = client_for(world.viewer).get(reverse("workspace_detail", args=[workspace.pk]))
     assert page.status_code == 200 and 'data-testid="team-form"' not in page.content.decode()
     assert client_for(world.admin).post(url, {"team": ""}).status_code == 403
+
+
+def test_it_links_each_marketplace_subscription_to_its_saas_billing_resource(catalog):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs)
+        report = sync()
+    sub = MarketplaceSubscription.objects.get()
+    # The ARM id of the subscription resource, and the SaaS resource Cost Management bills.
+    assert (
+        sub.azure_resource_id.endswith("/marketplaceSubscriptions/string") or sub.azure_resource_id
+    )
+    assert sub.saas_resource_id == SAAS_ID
+    assert (sub.publisher_id, sub.offer_id, sub.plan_id) == ("metagenai", PLAN["offerId"], "paygo")
+    assert not [line for line in report.lines if "Resource group" in line]
+
+
+def test_a_workspace_without_a_tag_of_its_own_takes_its_resource_groups(world):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs, rg_tags={"opsportal-team": "Beta"})
+        sync()
+    assert {
+        w.name: (w.team, w.team_source)
+        for w in Workspace.objects.filter(name__in=["ws-good", "ws-broken"])
+    } == {"ws-good": (world.team_b, "tag"), "ws-broken": (world.team_b, "tag")}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        canned_arm(rs, rg_tags={})
+        sync()
+    # The tag is gone: so is the team it gave.
+    assert not Workspace.objects.filter(name="ws-good", team__isnull=False).exists()

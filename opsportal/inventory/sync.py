@@ -37,9 +37,11 @@ from opsportal.providers.azure import (
     BucketPolicy,
     EndpointInfo,
     MarketplaceSubscriptionInfo,
+    ResourceGroupInfo,
     WorkspaceInfo,
     client_policies,
     offering_slugs_by_model,
+    resource_group_read,
     subscriptions_list,
     unversioned,
     workspaces_list,
@@ -181,10 +183,13 @@ def inventory_sync_azure(
     # VM sizes and core quota are per subscription and region: read once per pair, through the
     # first workspace there (the deploy wizard's pre-flight reads them from the database).
     regions: dict[tuple[int, str], tuple[Workspace, dict[str, Any]]] = {}
+    groups: dict[tuple[int, str], tuple[Workspace, dict[str, Any]]] = {}
     for ws, kw in jobs:
         regions.setdefault((ws.account_id, ws.region), (ws, kw))
+        groups.setdefault((ws.account_id, ws.resource_group.lower()), (ws, kw))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         compute = [pool.submit(_read_compute, ws, credential, kw) for ws, kw in regions.values()]
+        group_reads = [pool.submit(_read_group, ws, credential, kw) for ws, kw in groups.values()]
         futures = [pool.submit(_read_workspace, ws, credential, kw, slugs) for ws, kw in jobs]
         for future in as_completed(compute):
             _write_compute(future.result(), report)
@@ -194,6 +199,9 @@ def inventory_sync_azure(
             _write_workspace(result, report, now, catalog)
             counts = f"{len(result.endpoints)} endpoints, {len(result.subscriptions)} subscriptions"
             say(5 + int(90 * done / max(1, len(jobs))), f"{result.name}: {result.error or counts}")
+        # After the workspaces: their Marketplace subscriptions are there to be matched.
+        for future in as_completed(group_reads):
+            _write_group(future.result(), report, teams)
     report.requests = sum(b.taken for b in buckets.values())
     report.throttle_wait_s = sum(b.waited_s for b in buckets.values())
     return report
@@ -216,10 +224,10 @@ def _workspace_store(
             "deleted_at": None,
         },
     )
-    if workspace.team_source == Workspace.TeamSource.MANUAL:
-        return workspace
     tagged = {k.lower(): v for k, v in w.tags.items()}.get(settings.OPSPORTAL_TEAM_TAG.lower())
-    team = teams.get((tagged or "").strip().lower())
+    if workspace.team_source == Workspace.TeamSource.MANUAL or tagged is None:
+        return workspace  # by hand; or the resource group's tag decides (_write_group)
+    team = teams.get(tagged.strip().lower())
     if tagged and team is None:
         report.lines.append(
             f"{w.name}: tag {settings.OPSPORTAL_TEAM_TAG}={tagged} names no team of the console; "
@@ -285,6 +293,86 @@ def _read_compute(workspace: Workspace, credential: Any, kwargs: dict[str, Any])
         log.exception("reading compute of %s failed", workspace.region)
         result.error = f"Unexpected error: {type(exc).__name__}"
     return result
+
+
+@dataclass
+class GroupResult:
+    account_id: int
+    name: str
+    info: ResourceGroupInfo | None = None
+    error: str = ""
+
+
+def _read_group(workspace: Workspace, credential: Any, kwargs: dict[str, Any]) -> GroupResult:
+    """Runs on a worker thread: the resource group's tags and SaaS billing resources."""
+    result = GroupResult(workspace.account_id, workspace.resource_group)
+    try:
+        result.info = resource_group_read(
+            credential, workspace.account.subscription_id, workspace.resource_group, **kwargs
+        )
+    except ProviderError as exc:
+        result.error = exc.message
+    except Exception as exc:
+        log.exception("reading resource group %s failed", workspace.resource_group)
+        result.error = f"Unexpected error: {type(exc).__name__}"
+    return result
+
+
+@transaction.atomic
+def _write_group(result: GroupResult, report: SyncReport, teams: dict[str, Team]) -> None:
+    """Link each Marketplace subscription of the group's workspaces to its SaaS billing resource
+    (same publisher, offer and plan: Cost Management bills it there), and give the workspaces
+    without a team tag of their own the team of the group's tag."""
+    if result.error or result.info is None:
+        report.lines.append(f"Resource group {result.name}: {result.error}")
+        return
+    workspaces = list(
+        Workspace.objects.filter(
+            account_id=result.account_id,
+            resource_group__iexact=result.name,
+            deleted_at__isnull=True,
+        )
+    )
+    subs = list(
+        MarketplaceSubscription.objects.filter(
+            workspace__in=workspaces, deleted_at__isnull=True
+        ).select_related("workspace")
+    )
+
+    def plan(publisher: str, offer: str, plan_id: str) -> tuple[str, str, str]:
+        return (publisher.lower(), offer.lower(), plan_id.lower())
+
+    for sub in subs:
+        key = plan(sub.publisher_id, sub.offer_id, sub.plan_id)
+        saas = [s for s in result.info.saas if plan(s.publisher, s.offer, s.plan) == key]
+        rivals = [s for s in subs if plan(s.publisher_id, s.offer_id, s.plan_id) == key]
+        if len(saas) == 1 and len(rivals) == 1:
+            if sub.saas_resource_id != saas[0].resource_id:
+                MarketplaceSubscription.objects.filter(pk=sub.pk).update(
+                    saas_resource_id=saas[0].resource_id
+                )
+        elif saas and len(rivals) > 1:
+            report.lines.append(
+                f"{result.name}: {len(rivals)} workspaces subscribe to the same Marketplace plan "
+                f"({sub.offer_id}), so their billing resources cannot be told apart; their cost "
+                "counts for the Azure subscription, not for a workspace or team."
+            )
+    tag = settings.OPSPORTAL_TEAM_TAG.lower()
+    tagged = {k.lower(): v for k, v in result.info.tags.items()}.get(tag)
+    team = teams.get((tagged or "").strip().lower())
+    if tagged and team is None:
+        report.lines.append(
+            f"Resource group {result.name}: tag {settings.OPSPORTAL_TEAM_TAG}={tagged} names no "
+            "team of the console."
+        )
+    for ws in workspaces:
+        if ws.team_source == Workspace.TeamSource.MANUAL or tag in {k.lower() for k in ws.tags}:
+            continue  # assigned by hand, or by the workspace's own tag
+        if team is None and ws.team_source != Workspace.TeamSource.TAG:
+            continue  # nothing to apply, nothing a tag gave to take back
+        source = Workspace.TeamSource.TAG if team else Workspace.TeamSource.NONE
+        if (ws.team_id, ws.team_source) != (team.pk if team else None, source):
+            Workspace.objects.filter(pk=ws.pk).update(team=team, team_source=source)
 
 
 @transaction.atomic

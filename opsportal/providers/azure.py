@@ -320,6 +320,72 @@ def workspaces_list(
         raise translate(exc, what=f"workspaces of {subscription_id}") from exc
 
 
+@dataclass(frozen=True)
+class SaasResourceInfo:
+    """A Microsoft.SaaS/resources billing resource: what Cost Management bills Marketplace model
+    usage on. Its plan is how it is matched with the Marketplace subscription that made it."""
+
+    resource_id: str
+    name: str
+    publisher: str
+    offer: str
+    plan: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ResourceGroupInfo:
+    name: str
+    tags: dict[str, str]
+    saas: list[SaasResourceInfo]
+
+
+# The SaaS resource provider's own list (it returns each resource's publisher, offer and plan);
+# no Python SDK wraps it. specification/saas/.../stable/2026-04-01 (SaasListByResourceGroup).
+SAAS_API_VERSION = "2026-04-01"
+
+
+def resource_group_read(
+    credential: Any, subscription_id: str, resource_group: str, **client_kwargs: Any
+) -> ResourceGroupInfo:
+    """A resource group's tags and the SaaS billing resources in it."""
+    from azure.core.rest import HttpRequest
+    from azure.mgmt.resource.resources import ResourceManagementClient
+
+    client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
+    try:
+        client = ResourceManagementClient(credential, subscription_id, **client_kwargs)
+        tags = dict(client.resource_groups.get(resource_group).tags or {})
+        path = (
+            f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}"
+            f"/providers/Microsoft.SaaS/resources?api-version={SAAS_API_VERSION}"
+        )
+        saas: list[SaasResourceInfo] = []
+        url: str | None = path
+        while url:
+            response = client.send_request(HttpRequest("GET", url))
+            response.raise_for_status()
+            page = response.json()
+            for item in page.get("value") or []:
+                props = item.get("properties") or {}
+                saas.append(
+                    SaasResourceInfo(
+                        resource_id=item.get("id", ""),
+                        name=item.get("name", ""),
+                        publisher=props.get("publisherName") or "",
+                        offer=props.get("offerName") or "",
+                        plan=props.get("planName") or "",
+                        status=props.get("status") or "",
+                    )
+                )
+            url = page.get("nextLink")
+        return ResourceGroupInfo(resource_group, tags, saas)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise translate(exc, what=f"resource group {resource_group}") from exc
+
+
 def offering_slugs_by_model() -> dict[str, str]:
     return {
         unversioned(model_id): slug
