@@ -55,18 +55,24 @@ def test_it_filters_in_place_and_follows_the_url(transactional_db, live_server, 
 
     page.select_option("#id_kind", "serverless")
     page.wait_for_url("**/endpoints/?kind=serverless")  # only the fields that are set
-    page.wait_for_function("document.querySelector('[data-testid=result-count]').innerText === '1'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=result-count]').innerText === '1'"
+    )
     assert page.locator("#endpoint-results").inner_text().count("llama-serverless") == 1
     assert page.evaluate("window.__stillSamePage") is True  # swapped in place, no reload
 
     page.fill("#id_q", "nothing-matches-this")
     page.wait_for_url("**q=nothing-matches-this*")
-    page.wait_for_function("document.querySelector('[data-testid=result-count]').innerText === '0'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=result-count]').innerText === '0'"
+    )
     assert "No endpoint matches these filters" in page.inner_text("#endpoint-results")
     assert page.evaluate("window.__stillSamePage") is True
 
     page.go_back()
-    page.wait_for_function("document.querySelector('[data-testid=result-count]').innerText === '1'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=result-count]').innerText === '1'"
+    )
     assert "kind=serverless" in page.url and "nothing-matches" not in page.url
     assert page.input_value("#id_kind") == "serverless"
     assert page.input_value("#id_q") == ""

@@ -158,7 +158,7 @@ def test_it_stops_generation_when_the_user_presses_stop(page, stack):
     before = stack.usage_statuses().count(499)
     page.click("#composer button[type=submit]")
     page.wait_for_function(
-        "document.querySelector('.turn:last-child .choice').textContent.length > 20"
+        "() => document.querySelector('.turn:last-child .choice').textContent.length > 20"
     )
     page.click(".turn:last-child [data-stop]")
     assert "Stopped." in page.inner_text(".turn:last-child [data-stats]")

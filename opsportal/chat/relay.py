@@ -40,11 +40,37 @@ def client() -> httpx.AsyncClient:
     return found
 
 
-# An upstream chunk passes through only as one `data:` line of JSON: nothing that could name an
-# event or smuggle other fields into the page's stream.
-SAFE = re.compile(rb"data: ?\{[^\n]*\}\n\n")
-# A chunk that carries text: the first one marks the time to first token.
-CONTENT = re.compile(rb'"(?:content|text)": ?"[^"]')
+# Server-sent events end a line at CR, LF or CRLF (the WHATWG rules browsers follow), so the
+# relay splits on all three: an upstream "\r" can never start a line of its own in the page.
+LINE = re.compile(rb"\r\n|\r|\n")
+
+
+class UpstreamEvents:
+    """An upstream event stream, read as the browser would: each event is the data of its
+    `data:` lines; `event:`, `id:` and every other field are dropped, not relayed."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.data: list[bytes] = []
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        """The data of every event that `raw` completes."""
+        buffer = self.pending + raw
+        # A trailing CR may be the first half of a CRLF: wait for the next read to know.
+        held = buffer.endswith(b"\r")
+        lines = LINE.split(buffer[:-1] if held else buffer)
+        # The last piece is half a line until its line break arrives.
+        self.pending = lines.pop() + (b"\r" if held else b"")
+        events = []
+        for line in lines:
+            if not line:
+                if self.data:
+                    events.append(b"\n".join(self.data))
+                    self.data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self.data.append(value[1:] if value.startswith(b" ") else value)
+        return events
 
 
 def data_event(data: dict[str, Any]) -> bytes:
@@ -145,12 +171,6 @@ async def relay(
     got = _Collected()
     status, error = ChatTurn.Status.DONE, ""
     streaming = bool(target.body.get("stream"))
-    blocks: list[bytes] = []  # relayed upstream chunks, parsed when the answer ends
-
-    def collect() -> None:
-        for block in blocks:
-            got.take(json.loads(block[5:]), turn.mode)
-        blocks.clear()
 
     try:
         async with client().stream(
@@ -170,30 +190,32 @@ async def relay(
                     upstream.status_code, upstream.headers, await upstream.aread(), turn.route
                 )
             elif streaming:
-                # Upstream events pass through as they are (the page reads each chunk itself):
-                # no parsing on the way, so the relay takes as little CPU as possible from the
-                # model beside it. The chunks are parsed once the answer is complete.
-                pending, ended = b"", False
+                # Every upstream event is parsed, and only its JSON, serialised again by us,
+                # reaches the page as one unnamed event: nothing upstream sends can name an
+                # event or add a field to the page's stream.
+                events, ended = UpstreamEvents(), False
                 async for raw in upstream.aiter_raw():
-                    pending += raw.replace(b"\r\n", b"\n")
-                    while not ended and (cut := pending.find(b"\n\n")) >= 0:
-                        block, pending = pending[: cut + 2], pending[cut + 2 :]
-                        if not block.startswith(b"data:"):
-                            continue
-                        if block.startswith(b"data: [DONE]"):
+                    for data in events.feed(raw):
+                        if data.strip() == b"[DONE]":
                             ended = True
                             break
-                        if b'"error"' in block:
-                            failure = json.loads(block[5:]).get("error")
-                            if failure:
-                                status = ChatTurn.Status.ERROR
-                                error = f"The endpoint failed mid-answer: {failure.get('message')}"
-                                ended = True
-                                break
-                        if got.first_at is None and CONTENT.search(block):
-                            got.first_at = time.monotonic()
-                        blocks.append(block)
-                        yield block if SAFE.fullmatch(block) else data_event(json.loads(block[5:]))
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError:
+                            continue  # not an event the page can read
+                        if not isinstance(chunk, dict):
+                            continue
+                        if not isinstance(chunk.get("choices"), list) and not chunk.get("error"):
+                            continue  # not a completion chunk: nothing the page reads
+                        if chunk.get("error"):
+                            failure = chunk["error"]
+                            status = ChatTurn.Status.ERROR
+                            said = failure.get("message") if isinstance(failure, dict) else failure
+                            error = f"The endpoint failed mid-answer: {said}"
+                            ended = True
+                            break
+                        got.take(chunk, turn.mode)
+                        yield data_event(chunk)
                     if ended:
                         break
             else:
@@ -214,10 +236,8 @@ async def relay(
         )
     except (asyncio.CancelledError, GeneratorExit):
         # The browser went away (or pressed stop): keep what arrived, then let go.
-        collect()
         await asyncio.shield(finish(turn, _fields(got, started, ChatTurn.Status.STOPPED, "")))
         raise
-    collect()
     html = await finish(turn, _fields(got, started, status, error))
     yield event("stats", {"html": html})
     yield event("done", {})

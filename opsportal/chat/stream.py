@@ -31,6 +31,14 @@ from opsportal.providers import ProviderError
 
 log = logging.getLogger(__name__)
 PATH = re.compile(r"^/chat/turns/(?P<turn_id>\d+)/stream/$")
+# What Django's middleware would add to the answer, and this route bypasses it: never sniffed,
+# never framed, nothing in it runs.
+STREAM_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"same-origin"),
+]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -143,7 +151,7 @@ async def serve(scope: Scope, receive: Receive, send: Send, turn_id: int) -> Non
             {
                 "type": "http.response.start",
                 "status": refused.status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), *STREAM_HEADERS],
             }
         )
         await send({"type": "http.response.body", "body": refused.message.encode()})
@@ -156,7 +164,7 @@ async def serve(scope: Scope, receive: Receive, send: Send, turn_id: int) -> Non
                 (b"content-type", b"text/event-stream"),
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),
-                (b"x-content-type-options", b"nosniff"),
+                *STREAM_HEADERS,
             ],
         }
     )

@@ -21,3 +21,18 @@ document.addEventListener("click", (event) => {
   const hide = event.target.closest("[data-hide]");
   if (hide) document.querySelector(hide.dataset.hide)?.remove();
 });
+
+// Forms that change something important ask first (data-confirm: the question).
+document.addEventListener("submit", (event) => {
+  const question = event.target.dataset && event.target.dataset.confirm;
+  if (question && !window.confirm(question)) event.preventDefault();
+}, true);
+
+// Gauges: the bar's width comes from data-bar (percent); no inline style (the page's CSP).
+function drawBars(root) {
+  root.querySelectorAll("[data-bar]").forEach((bar) => {
+    bar.style.width = `${Math.max(0, Math.min(100, parseFloat(bar.dataset.bar) || 0))}%`;
+  });
+}
+document.addEventListener("DOMContentLoaded", () => drawBars(document));
+document.addEventListener("htmx:load", (event) => drawBars(event.detail.elt));
