@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "opsportal.deployments",
     "opsportal.keys",
     "opsportal.costs",
+    "opsportal.emulator",
 ]
 
 MIDDLEWARE = [
@@ -266,3 +267,9 @@ OPSPORTAL_PROBE_TIMEOUT = float(os.environ.get("OPSPORTAL_PROBE_TIMEOUT", "60"))
 OPSPORTAL_KEYVAULT_URL = os.environ.get("OPSPORTAL_KEYVAULT_URL", "").strip()
 # Cost Management is throttled per tenant: pull each subscription at most this often.
 OPSPORTAL_COST_PULL_HOURS = float(os.environ.get("OPSPORTAL_COST_PULL_HOURS", "6"))
+
+# --- Azure cloud ----------------------------------------------------------------------------
+# Public Azure unless set; see opsportal/providers/azure_cloud.py for what each one changes.
+AZURE_RESOURCE_MANAGER_URL = os.environ.get("AZURE_RESOURCE_MANAGER_URL", "").strip()
+AZURE_AUTHORITY_HOST = os.environ.get("AZURE_AUTHORITY_HOST", "").strip()
+OPSPORTAL_CA_BUNDLE = os.environ.get("OPSPORTAL_CA_BUNDLE", "").strip()

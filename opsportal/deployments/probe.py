@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import requests
 from django.conf import settings
 
+from opsportal.providers import azure_cloud
 from opsportal.providers.base import ProviderError
 
 CHAT_ROUTE = "/v1/chat/completions"
@@ -38,6 +39,7 @@ def endpoint_probe(*, scoring_uri: str, key: str, routes: list[str] | None = Non
             json=PROBE_BODY,
             headers={"Authorization": f"Bearer {key}"},
             timeout=settings.OPSPORTAL_PROBE_TIMEOUT,
+            verify=azure_cloud.ca_verify(),
         )
     except requests.RequestException as exc:
         raise ProviderError(

@@ -27,6 +27,7 @@ from azure.core.exceptions import (
 )
 
 from opsportal.inventory.models import Endpoint, Offering, Provider, ProvisioningState, Workspace
+from opsportal.providers import azure_cloud
 from opsportal.providers.base import (
     CoreUsage,
     DeploymentInfo,
@@ -89,9 +90,7 @@ def azure_configuration() -> tuple[bool, str]:
 
 
 def default_credential() -> Any:
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+    return azure_cloud.credential()
 
 
 def translate(exc: Exception, *, action: str = "read", what: str = "") -> ProviderError:
@@ -229,7 +228,9 @@ def subscriptions_list(credential: Any, **client_kwargs: Any) -> list[Subscripti
     from azure.mgmt.resource.subscriptions import SubscriptionClient
 
     try:
-        client = SubscriptionClient(credential, **client_kwargs)
+        client = SubscriptionClient(
+            credential, **{**azure_cloud.mgmt_client_kwargs(), **client_kwargs}
+        )
         return [
             SubscriptionInfo(
                 s.subscription_id,
@@ -252,6 +253,7 @@ def ml_client(
 ) -> Any:
     from azure.ai.ml import MLClient
 
+    client_kwargs = {**azure_cloud.ml_client_kwargs(), **client_kwargs}
     client_kwargs.setdefault("enable_telemetry", False)
     return MLClient(credential, subscription_id, resource_group, workspace, **client_kwargs)
 
@@ -770,7 +772,7 @@ def cost_query(
 
         kwargs["per_call_policies"] = [HeadersPolicy({"x-ms-client-request-id": correlation_id})]
     sleep = sleep or time.sleep
-    client = CostManagementClient(credential, **kwargs)
+    client = CostManagementClient(credential, **{**azure_cloud.mgmt_client_kwargs(), **kwargs})
     body = cost_query_body(start, end)
     waited = 0.0
 

@@ -1,0 +1,107 @@
+"""Running the emulator over real sockets with TLS: in the foreground (`manage.py
+azure_emulator`) or on a thread (tests), and the environment that points the console at it."""
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from opsportal.emulator.app import Emulator
+from opsportal.emulator.tls import TlsFiles, tls_files
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def public_host(host: str) -> str:
+    """The address clients use: a wildcard bind is reached on loopback."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+
+
+def console_env(emulator: Emulator, ca_pem: Path) -> dict[str, str]:
+    """The environment variables that point the console (and the Azure SDKs) at the emulator."""
+    base = emulator.state.base_url
+    world = emulator.state.world
+    client = world["clients"][0]
+    env = {
+        "AZURE_TENANT_ID": world["tenant"]["id"],
+        "AZURE_CLIENT_ID": client["client_id"],
+        "AZURE_CLIENT_SECRET": client["secret"],
+        "AZURE_AUTHORITY_HOST": base,
+        "AZURE_RESOURCE_MANAGER_URL": base,
+        "OPSPORTAL_CA_BUNDLE": str(ca_pem),
+        # azure-ai-ml's own variable: where registry discovery goes for this cloud.
+        "REGISTRY_DISCOVERY_ENDPOINT_URL": f"{base}/",
+    }
+    if world.get("keyvaults"):
+        env["OPSPORTAL_KEYVAULT_URL"] = f"{base}/keyvault/{world['keyvaults'][0]}"
+    return env
+
+
+def env_file_text(env: dict[str, str]) -> str:
+    return "".join(f"{name}={value}\n" for name, value in env.items())
+
+
+@dataclass
+class Prepared:
+    emulator: Emulator
+    tls: TlsFiles
+    host: str
+    port: int
+    env: dict[str, str]
+
+    @property
+    def base_url(self) -> str:
+        return self.emulator.state.base_url
+
+
+def prepare(
+    *,
+    world: dict[str, Any],
+    directory: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    speed: float = 1.0,
+    start: datetime | None = None,
+) -> Prepared:
+    """TLS files, the emulator (knowing its own address) and console.env, in `directory`."""
+    port = port or free_port(public_host(host))
+    address = public_host(host)
+    emulator = Emulator(world, base_url=f"https://{address}:{port}", speed=speed, start=start)
+    tls = tls_files(directory, [address])
+    env = console_env(emulator, tls.ca_pem)
+    (directory / "console.env").write_text(env_file_text(env))
+    return Prepared(emulator=emulator, tls=tls, host=host, port=port, env=env)
+
+
+def uvicorn_config(prepared: Prepared, *, log_level: str = "warning") -> uvicorn.Config:
+    return uvicorn.Config(
+        prepared.emulator,
+        host=prepared.host,
+        port=prepared.port,
+        ssl_certfile=str(prepared.tls.cert_pem),
+        ssl_keyfile=str(prepared.tls.key_pem),
+        log_level=log_level,
+        lifespan="off",
+        access_log=False,
+    )
+
+
+def serve_in_thread(prepared: Prepared) -> tuple[uvicorn.Server, threading.Thread]:
+    server = uvicorn.Server(uvicorn_config(prepared))
+    thread = threading.Thread(target=server.run, name="azure-emulator", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"The Azure emulator did not start on port {prepared.port}.")
+        time.sleep(0.02)
+    return server, thread
