@@ -1,9 +1,8 @@
-"""The Azure emulator in this process: uvicorn on a thread, TLS on a free loopback port, the
+"""The Azure emulator in this process: uvicorn on a thread, TLS on free loopback ports, the
 environment and settings that point the console at it, and a small client for its control API.
 
-Test files use the fixtures at the bottom: `emulator` (one per test session; the model loads
-once, on the first data-plane call) and `azure` (the default world, fresh for each test, the
-console pointed at it)."""
+A test module starts one with `running_emulator()` in a session fixture (the model loads once
+per process, on the first data-plane call) and gives each test `emulator_fresh(...)`."""
 
 import tempfile
 from collections.abc import Iterator
@@ -45,9 +44,9 @@ class Control:
         self.ca = ca
         self.session = requests.Session()
 
-    def _call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    def _call(self, verb: str, path: str, body: Any = None, params: Any = None) -> Any:
         response = self.session.request(
-            method, f"{self.base}/{path}", json=body, params=params, timeout=30, verify=self.ca
+            verb, f"{self.base}/{path}", json=body, params=params, timeout=30, verify=self.ca
         )
         response.raise_for_status()
         return response.json()
@@ -62,7 +61,7 @@ class Control:
         return self._call("GET", "state")
 
     def requests(self, **filters: str) -> list[dict[str, Any]]:
-        return self._call("GET", "requests", **filters)["value"]
+        return self._call("GET", "requests", params=filters)["value"]
 
     def fault(self, **spec: Any) -> dict[str, Any]:
         return self._call("POST", "faults", spec)
@@ -137,20 +136,15 @@ def running_emulator(
             thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[RunningEmulator]:
-    with running_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-def azure(
+def emulator_fresh(
     emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> RunningEmulator:
-    """The default world, fresh; the console's settings and AZURE_* variables point at it."""
+    """The default world again, the clock back at today's 00:05 at test speed, and the
+    console's settings and AZURE_* variables pointing at the emulator (a test module's `azure`
+    fixture)."""
     emulator.control.reset({"durations": FAST})
     emulator.emulator.clock.set(
-        start=datetime.now(UTC).replace(hour=0, minute=5, second=0, microsecond=0)
+        speed=SPEED, start=datetime.now(UTC).replace(hour=0, minute=5, second=0, microsecond=0)
     )
     emulator.apply(monkeypatch, settings)
     # MLClient remembers the last cloud in this variable; leave it as the test found it.

@@ -70,10 +70,26 @@ def token(emu: "Emulator", call: Call) -> Response:
 
 class Emulator:
     def __init__(
-        self, world: dict[str, Any], *, base_url: str, speed: float = 1.0, start: Any = None
+        self,
+        world: dict[str, Any],
+        *,
+        base_url: str,
+        vault_ports: dict[str, int] | None = None,
+        speed: float = 1.0,
+        start: Any = None,
     ) -> None:
+        """`vault_ports`: the port each vault of the world answers on (same host as ARM)."""
         self.clock = Clock(speed=speed, start=start)
-        self.state = State(world, clock=self.clock, base_url=base_url)
+        host = urlsplit(base_url).hostname
+        self.vault_by_port = {port: name.lower() for name, port in (vault_ports or {}).items()}
+        self.state = State(
+            world,
+            clock=self.clock,
+            base_url=base_url,
+            vault_urls={
+                name: f"https://{host}:{port}" for name, port in (vault_ports or {}).items()
+            },
+        )
         self.identity = Identity(self.state)
         self.routes: list[Route] = [
             *control.router.routes,
@@ -135,9 +151,14 @@ class Emulator:
             return
         request = Request(scope, receive)
         body = await request.body()
+        path = scope["path"]
+        vault = self.vault_by_port.get((scope.get("server") or ("", 0))[1])
+        if vault is not None:
+            path = f"/keyvault/{vault}{path}"
         call = Call(
+            extra={"vault": vault is not None},
             method=request.method,
-            path=scope["path"],
+            path=path,
             params={},
             query=dict(request.query_params),
             headers={k.lower(): v for k, v in request.headers.items()},
@@ -180,8 +201,10 @@ class Emulator:
         return response
 
     def route(self, call: Call) -> tuple[Route, dict[str, str]] | None:
+        on_vault = bool(call.extra.get("vault"))
         for route in self.routes:
-            if route.method != call.method:
+            # A vault's port serves the vault and nothing else; vaults answer only there.
+            if route.method != call.method or (route.auth == AUTH_VAULT) != on_vault:
                 continue
             matched = route.pattern.match(call.path)
             if matched:
@@ -266,7 +289,8 @@ class Emulator:
                     )
                 },
             )
-        resource = keyvault_resource(self.state.base_url) or self.state.base_url
+        vault_url = self.state.vault_urls.get(call.params.get("vault", "").lower(), "")
+        resource = keyvault_resource(vault_url) or vault_url
         check = self.identity.check(header, {resource, f"{resource}/"})
         if check.ok:
             call.claims = check.claims

@@ -1029,11 +1029,16 @@ def deployment_get(emu: Any, call: Call) -> Response:
 def quota_error(
     emu: Any, sub: str, region: str, size_name: str, needed: int, skip: Deployment | None
 ) -> dict[str, str] | None:
-    """OutOfQuota, as Azure ML reports it in the deployment's operation status, or None."""
+    """OutOfQuota, as Azure ML reports it in the deployment's operation status, or None.
+    `skip` is the deployment being created or changed: the cores it holds now are freed by the
+    change, so they count as usage but not as additional need."""
     state = emu.state
-    size = state.vm_sizes[size_name]
-    family = size["family"]
+    family = state.vm_sizes[size_name]["family"]
     used = state.cores_used(sub, region, skip=skip)
+    held = 0
+    if skip is not None and skip.segments and skip.holds_cores():
+        size = state.vm_sizes.get(skip.instance_type, {})
+        held = size.get("vCPUs", 0) * skip.capacity if size.get("family") == family else 0
     limit = state.core_quota(sub, region).get(family, 0)
     regional = int(state.subscription(sub).get("regional_core_limit", 10**6))
     if used.get(family, 0) + needed > limit or sum(used.values()) + needed > regional:
@@ -1041,8 +1046,9 @@ def quota_error(
             "code": "OutOfQuota",
             "message": (
                 f"Not enough quota available for {size_name} in SubscriptionId {sub}. Current "
-                f"usage/limit: {used.get(family, 0)}/{limit}. Additional needed: {needed} Please "
-                "see troubleshooting guide, available here: https://aka.ms/oe-tsg#error-outofquota"
+                f"usage/limit: {used.get(family, 0) + held}/{limit}. Additional needed: "
+                f"{needed - held} Please see troubleshooting guide, available here: "
+                "https://aka.ms/oe-tsg#error-outofquota"
             ),
         }
     return None

@@ -211,9 +211,11 @@ def token_mint(emu: Any, call: Call) -> Response:
     """A token as the token endpoint would issue it, with any lifetime (negative: expired)."""
     body = call.json()
     audience = body.get("audience", "arm")
-    audience = {"arm": emu.state.base_url, "keyvault": keyvault_resource(emu.state.base_url)}.get(
-        audience, audience
-    )
+    vaults = list(emu.state.vault_urls.values())
+    audience = {
+        "arm": emu.state.base_url,
+        "keyvault": keyvault_resource(vaults[0]) if vaults else None,
+    }.get(audience, audience)
     client = emu.state.world["clients"][0]
     token = emu.identity.mint(client, audience, lifetime=int(body.get("lifetime", 3599)))
     return ok({"access_token": token, "audience": audience})

@@ -3,11 +3,13 @@
 A fault matches a method and a path pattern (regular expression, searched, case-insensitive)
 and fires `count` times, or on each match with `probability`. It fires "before" the handler
 (nothing changes) or "after" it (the state has changed, the client never hears so). Its action
-is a status (429 with Retry-After, 5xx) or "reset": the connection is closed in the middle of
-the answer.
+is a status (429 with Retry-After, 5xx), "reset" (the TCP connection is reset before any
+answer) or "drop" (the answer starts, then the connection closes in the middle of its body).
 """
 
 import re
+import socket
+import struct
 import time
 from typing import Any
 
@@ -16,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from opsportal.emulator.state import ArmError, State
 
-ACTIONS = ("status", "reset")
+ACTIONS = ("status", "reset", "drop")
 
 
 def fault_add(state: State, spec: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +66,26 @@ def fault_pick(state: State, method: str, path: str, when: str) -> dict[str, Any
 
 
 class ResetResponse(Response):
-    """Starts an answer it never finishes: the server closes the connection mid-body, which the
-    client sees as a broken connection."""
+    """No answer: the connection is reset (RST). The socket is reached through the ASGI `send`
+    callable's own transport (uvicorn's request cycle); where that is not available, the answer
+    is dropped mid-body instead."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            # Linger on, timeout 0: closing sends RST instead of FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+            return
+        await DropResponse()(scope, receive, send)
+
+
+class DropResponse(Response):
+    """Starts an answer it never finishes: the server closes the connection mid-body."""
 
     def __init__(self) -> None:
         super().__init__(status_code=200)
@@ -84,6 +104,8 @@ class ResetResponse(Response):
 def fault_response(fault: dict[str, Any]) -> Response:
     if fault["action"] == "reset":
         return ResetResponse()
+    if fault["action"] == "drop":
+        return DropResponse()
     status = fault["status"]
     headers = {}
     if fault["retry_after"] is not None:

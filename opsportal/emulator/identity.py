@@ -15,12 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from opsportal.emulator.state import State
 
 
-def keyvault_resource(base_url: str) -> str | None:
+def keyvault_resource(vault_url: str) -> str | None:
     """The resource a vault's 401 challenge names. Key Vault's SDK accepts a challenge only for a
-    resource whose host the vault's host ends with (".vault.azure.net" for real vaults); the
-    emulator's vaults live under its own host, so the resource is that host minus its first
-    label (127.0.0.1 -> 0.0.1). A host without a dot (localhost) cannot pass that check."""
-    parts = urlsplit(base_url)
+    resource whose host the vault's host ends with (".vault.azure.net" for real vaults); an
+    emulated vault is an address of the emulator's host, so the resource is that host minus its
+    first label (127.0.0.1 -> 0.0.1), same port. A host without a dot (localhost) cannot pass
+    that check."""
+    parts = urlsplit(vault_url)
     host = parts.hostname or ""
     if "." not in host:
         return None
@@ -55,9 +56,15 @@ class Identity:
     def arm_audiences(self) -> set[str]:
         return {self.base, f"{self.base}/"}
 
+    def vault_audiences(self, vault: str) -> set[str]:
+        resource = keyvault_resource(self.state.vault_urls[vault])
+        return {resource, f"{resource}/"} if resource else set()
+
     def all_audiences(self) -> set[str]:
-        kv = keyvault_resource(self.base)
-        return self.arm_audiences() | ({kv, f"{kv}/"} if kv else set())
+        found = set(self.arm_audiences())
+        for vault in self.state.vault_urls:
+            found |= self.vault_audiences(vault)
+        return found
 
     # --- discovery ----------------------------------------------------------------------------
     def tenant_known(self, tenant: str) -> bool:

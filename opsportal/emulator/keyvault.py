@@ -1,6 +1,7 @@
 """Key Vault secrets (data plane): set (each set is a new version), get (latest or a version),
-list versions, list, delete (soft delete: deletedsecrets, purge, recover). A vault lives at
-{emulator}/keyvault/{name}; every call without a valid token gets Key Vault's 401 challenge."""
+list versions, list, delete (soft delete: deletedsecrets, purge, recover). Each vault answers
+at the root of its own port (the app maps the port to /keyvault/{name}); every call without a
+valid token gets Key Vault's 401 challenge."""
 
 import re
 import time
@@ -17,7 +18,7 @@ SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 
 
 def vault_url(state: State, vault: str) -> str:
-    return f"{state.base_url}/keyvault/{state.vaults[vault.lower()]}"
+    return state.vault_urls[vault.lower()]
 
 
 def vault_of(state: State, call: Call) -> str:

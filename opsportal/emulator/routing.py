@@ -113,4 +113,4 @@ def iso(moment: datetime) -> str:
 def retry_after(real_seconds: float) -> str:
     """Retry-After in whole seconds, at least 1: azure-core reads 0 as "no hint" and falls back
     to its own polling interval (30 s for some operations)."""
-    return str(max(1, min(60, math.ceil(real_seconds))))
+    return str(max(1, math.ceil(min(60.0, real_seconds))))

@@ -41,8 +41,8 @@ def console_env(emulator: Emulator, ca_pem: Path) -> dict[str, str]:
         # azure-ai-ml's own variable: where registry discovery goes for this cloud.
         "REGISTRY_DISCOVERY_ENDPOINT_URL": f"{base}/",
     }
-    if world.get("keyvaults"):
-        env["OPSPORTAL_KEYVAULT_URL"] = f"{base}/keyvault/{world['keyvaults'][0]}"
+    if emulator.state.vault_urls:
+        env["OPSPORTAL_KEYVAULT_URL"] = next(iter(emulator.state.vault_urls.values())) + "/"
     return env
 
 
@@ -56,6 +56,7 @@ class Prepared:
     tls: TlsFiles
     host: str
     port: int
+    vault_ports: dict[str, int]
     env: dict[str, str]
 
     @property
@@ -72,14 +73,26 @@ def prepare(
     speed: float = 1.0,
     start: datetime | None = None,
 ) -> Prepared:
-    """TLS files, the emulator (knowing its own address) and console.env, in `directory`."""
-    port = port or free_port(public_host(host))
+    """TLS files, the emulator (knowing its own address) and console.env, in `directory`. With
+    a port given, the world's vaults take the ports after it; otherwise every port is free."""
     address = public_host(host)
-    emulator = Emulator(world, base_url=f"https://{address}:{port}", speed=speed, start=start)
+    vaults = list(world.get("keyvaults", []))
+    if port:
+        vault_ports = {name: port + 1 + i for i, name in enumerate(vaults)}
+    else:
+        port = free_port(address)
+        vault_ports = {name: free_port(address) for name in vaults}
+    emulator = Emulator(
+        world,
+        base_url=f"https://{address}:{port}",
+        vault_ports=vault_ports,
+        speed=speed,
+        start=start,
+    )
     tls = tls_files(directory, [address])
     env = console_env(emulator, tls.ca_pem)
     (directory / "console.env").write_text(env_file_text(env))
-    return Prepared(emulator=emulator, tls=tls, host=host, port=port, env=env)
+    return Prepared(emulator, tls, host, port, vault_ports, env)
 
 
 def uvicorn_config(prepared: Prepared, *, log_level: str = "warning") -> uvicorn.Config:
@@ -95,9 +108,32 @@ def uvicorn_config(prepared: Prepared, *, log_level: str = "warning") -> uvicorn
     )
 
 
+def listening_sockets(prepared: Prepared) -> list[socket.socket]:
+    """ARM's port and one per vault, bound before the server starts."""
+    family = socket.AF_INET6 if ":" in prepared.host else socket.AF_INET
+    sockets = []
+    for port in [prepared.port, *prepared.vault_ports.values()]:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((prepared.host, port))
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
+
+
+def serve(prepared: Prepared, *, log_level: str = "info") -> None:
+    """In the foreground, until interrupted."""
+    uvicorn.Server(uvicorn_config(prepared, log_level=log_level)).run(
+        sockets=listening_sockets(prepared)
+    )
+
+
 def serve_in_thread(prepared: Prepared) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(uvicorn_config(prepared))
-    thread = threading.Thread(target=server.run, name="azure-emulator", daemon=True)
+    sockets = listening_sockets(prepared)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": sockets}, name="azure-emulator", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:

@@ -157,7 +157,9 @@ class Deployment:
         return f"{self.endpoint.id}/deployments/{self.name}"
 
     def holds_cores(self) -> bool:
-        return self.provisioning_state not in ("Failed", "Deleted")
+        """Instances run (and hold quota) while a billing segment is open: a create refused for
+        quota never opened one; a refused update keeps the instances it had."""
+        return bool(self.segments) and self.segments[-1][1] is None
 
 
 @dataclass
@@ -230,10 +232,20 @@ class SecretVersion:
 
 
 class State:
-    def __init__(self, world: dict[str, Any], *, clock: Clock, base_url: str) -> None:
+    def __init__(
+        self,
+        world: dict[str, Any],
+        *,
+        clock: Clock,
+        base_url: str,
+        vault_urls: dict[str, str] | None = None,
+    ) -> None:
         self.lock = threading.RLock()
         self.clock = clock
         self.base_url = base_url.rstrip("/")
+        # Each vault answers at the root of its own address (the Key Vault SDK parses secret
+        # ids as https://{vault host}/secrets/{name}/{version}): vault name -> its URL.
+        self.vault_urls = {k.lower(): v.rstrip("/") for k, v in (vault_urls or {}).items()}
         self.requests: deque[dict[str, Any]] = deque(maxlen=5000)
         self.faults: list[dict[str, Any]] = []
         self.load(world)
@@ -274,7 +286,9 @@ class State:
             self.usage: list[UsageRow] = []
             # Deleted deployments, kept for the VM hours they ran.
             self.deployment_history: list[Deployment] = []
-            self.vaults = {v.lower(): v for v in world.get("keyvaults", [])}
+            self.vaults = {
+                v.lower(): v for v in world.get("keyvaults", []) if v.lower() in self.vault_urls
+            }
             self.secrets: dict[tuple[str, str], list[SecretVersion]] = {}
             self.deleted_secrets: dict[tuple[str, str], dict[str, Any]] = {}
             self.requests.clear()

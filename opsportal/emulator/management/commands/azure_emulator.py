@@ -3,11 +3,10 @@
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from opsportal.emulator.server import prepare, uvicorn_config
+from opsportal.emulator.server import prepare, serve
 from opsportal.emulator.world import world_load
 
 
@@ -44,5 +43,7 @@ class Command(BaseCommand):
         )
         for name, value in prepared.env.items():
             self.stdout.write(f"export {name}={value}")
+        for name, port in prepared.vault_ports.items():
+            self.stdout.write(f"Key Vault {name}: port {port}")
         self.stdout.write(f"Control API: {prepared.base_url}/_emulator/state (see BEHAVIOUR.md)")
-        uvicorn.Server(uvicorn_config(prepared, log_level="info")).run()
+        serve(prepared)
