@@ -664,3 +664,52 @@ def test_a_client_secret_sent_as_http_basic_is_accepted(azure):
         timeout=30,
     )
     assert answer.status_code == 200 and answer.json()["token_type"] == "Bearer"
+
+
+def test_the_management_command_serves_tls_and_prints_the_console_environment(tmp_path):
+    import subprocess
+    import sys
+
+    from opsportal.emulator.server import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "azure_emulator",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        printed = []
+        for line in process.stdout:
+            printed.append(line)
+            if line.startswith("Control API"):
+                break
+        env = dict(
+            line.removeprefix("export ").strip().split("=", 1)
+            for line in printed
+            if line.startswith("export ")
+        )
+        assert env["AZURE_RESOURCE_MANAGER_URL"] == f"https://127.0.0.1:{port}"
+        assert env["OPSPORTAL_KEYVAULT_URL"] == f"https://127.0.0.1:{port + 1}/"
+        assert (tmp_path / "console.env").read_text().splitlines()[0].startswith("AZURE_TENANT_ID=")
+        health = requests.get(
+            f"https://127.0.0.1:{port}/_emulator/health",
+            verify=env["OPSPORTAL_CA_BUNDLE"],
+            timeout=30,
+        )
+        assert health.json()["ok"] is True
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"https://127.0.0.1:{port}/_emulator/health", verify=True, timeout=30)
+    finally:
+        process.terminate()
+        rest, _ = process.communicate(timeout=30)
+    assert "Shutting down" in rest

@@ -662,3 +662,18 @@ async def online_swagger(emu: Any, call: Call) -> Response:
         return target
     ep, deployment = target
     return JSONResponse(swagger(ep.name, deployment.model, ["/score"]))
+
+
+# Other paths under an endpoint's address are that endpoint's "not found", not unmodelled calls.
+@router.add("GET", S + "/{rest:path}", "Serverless.NotFound", auth=AUTH_KEY)
+@router.add("POST", S + "/{rest:path}", "Serverless.NotFound", auth=AUTH_KEY)
+@router.add(
+    "GET", "/endpoints/online/{region}/{name}/{rest:path}", "Online.NotFound", auth=AUTH_KEY
+)
+@router.add(
+    "POST", "/endpoints/online/{region}/{name}/{rest:path}", "Online.NotFound", auth=AUTH_KEY
+)
+async def route_not_found(emu: Any, call: Call) -> Response:
+    return dataplane_error(
+        404, f"The endpoint does not serve /{call.params['rest']}.", code="NotFound"
+    )

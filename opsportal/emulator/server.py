@@ -105,6 +105,8 @@ def uvicorn_config(prepared: Prepared, *, log_level: str = "warning") -> uvicorn
         log_level=log_level,
         lifespan="off",
         access_log=False,
+        # A client holding a connection open must not keep the emulator from stopping.
+        timeout_graceful_shutdown=3,
     )
 
 
@@ -116,16 +118,16 @@ def listening_sockets(prepared: Prepared) -> list[socket.socket]:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((prepared.host, port))
+        sock.listen(2048)
         sock.set_inheritable(True)
         sockets.append(sock)
     return sockets
 
 
-def serve(prepared: Prepared, *, log_level: str = "info") -> None:
-    """In the foreground, until interrupted."""
-    uvicorn.Server(uvicorn_config(prepared, log_level=log_level)).run(
-        sockets=listening_sockets(prepared)
-    )
+def serve(prepared: Prepared, sockets: list[socket.socket], *, log_level: str = "info") -> None:
+    """In the foreground, until interrupted. The sockets are bound already, so a client that
+    connects as soon as the address is printed waits in the backlog instead of being refused."""
+    uvicorn.Server(uvicorn_config(prepared, log_level=log_level)).run(sockets=sockets)
 
 
 def serve_in_thread(prepared: Prepared) -> tuple[uvicorn.Server, threading.Thread]:

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from opsportal.emulator.server import prepare, serve
+from opsportal.emulator.server import listening_sockets, prepare, serve
 from opsportal.emulator.world import world_load
 
 
@@ -36,6 +36,7 @@ class Command(BaseCommand):
             port=options["port"],
             speed=options["speed"],
         )
+        sockets = listening_sockets(prepared)
         self.stdout.write(f"Azure emulator on {prepared.base_url} (clock x{options['speed']:g})")
         self.stdout.write(f"CA certificate: {prepared.tls.ca_pem}")
         self.stdout.write(
@@ -46,4 +47,5 @@ class Command(BaseCommand):
         for name, port in prepared.vault_ports.items():
             self.stdout.write(f"Key Vault {name}: port {port}")
         self.stdout.write(f"Control API: {prepared.base_url}/_emulator/state (see BEHAVIOUR.md)")
-        serve(prepared)
+        self.stdout.flush()
+        serve(prepared, sockets)
