@@ -273,6 +273,18 @@ def test_a_serverless_endpoint_from_create_to_chat_to_regenerate_to_delete(azure
     assert fresh.primary_key != keys.primary_key and fresh.secondary_key == keys.secondary_key
     assert chat(azure, endpoint.scoring_uri, keys.primary_key).status_code == 401
     assert chat(azure, endpoint.scoring_uri, fresh.primary_key).status_code == 200
+    swagger = requests.get(
+        f"{endpoint.scoring_uri}/swagger.json",
+        headers={"Authorization": f"Bearer {fresh.primary_key}"},
+        verify=azure.ca,
+        timeout=30,
+    )
+    assert set(swagger.json()["paths"]) == {
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/completions",
+        "/completions",
+    }
 
     client.serverless_endpoints.begin_delete("llama-chat").result()
     with pytest.raises(ResourceNotFoundError):
@@ -435,6 +447,28 @@ def test_an_online_endpoint_with_gpu_quota_traffic_and_scoring(azure):
 
     client.online_endpoints.begin_regenerate_keys("llama-managed", key_type="primary").result()
     assert ask().status_code == 401
+
+    deploy(client, "blue", GPU, 1)  # scale in: the instance count and the cores it holds
+    assert (
+        client.online_deployments.get("blue", "llama-managed").instance_count,
+        family_usage(client),
+    ) == (1, (24, 48))
+    current = client.online_endpoints.get("llama-managed")
+    with pytest.raises(HttpResponseError) as routed_away:
+        client.online_deployments.begin_delete(name="green", endpoint_name="llama-managed").result()
+    assert routed_away.value.status_code == 400, "a deployment taking traffic is not deleted"
+    current.traffic = {"blue": 100, "green": 0}
+    client.online_endpoints.begin_create_or_update(current).result()
+    client.online_deployments.begin_delete(name="green", endpoint_name="llama-managed").result()
+    assert [d.name for d in client.online_deployments.list("llama-managed")] == ["blue"]
+    quotas = arm_get(
+        azure,
+        f"/subscriptions/{PAID_SUBSCRIPTION}/providers/Microsoft.MachineLearningServices/locations/eastus2/quotas",
+        "2025-12-01",
+    ).json()["value"]
+    assert {q["name"]["value"]: q["limit"] for q in quotas}[
+        "Standard NCADSA100v4 Family Cluster Dedicated vCPUs"
+    ] == 48
     client.online_endpoints.begin_delete(name="llama-managed").result()
     assert family_usage(client) == (0, 48)
 
@@ -608,6 +642,32 @@ def test_a_fault_before_the_handler_changes_nothing(azure):
     assert subscribe(client).status == "subscribed"  # the fault fired once
 
 
+def test_a_throttled_call_is_retried_by_the_sdk_after_the_retry_after_it_was_given(azure):
+    patient = ml_client(credential(azure), PAID_SUBSCRIPTION, "rg-ml-eastus2", "ws-eastus2")
+    azure.control.fault(
+        method="GET", path="workspaces/ws-eastus2$", status=429, retry_after=1, count=1
+    )
+    assert patient.workspaces.get("ws-eastus2").name == "ws-eastus2"
+    gets = azure.control.requests(operation="Workspaces.Get")
+    assert [g["status"] for g in gets] == [429, 200]
+    assert gets[1]["real_time"] - gets[0]["real_time"] >= 1
+
+
+def test_a_fault_with_a_probability_fires_on_some_calls_only(azure):
+    azure.control.fault(method="GET", path="/subscriptions$", status=503, probability=0.5)
+    client = SubscriptionClient(
+        credential(azure), retry_total=0, **azure_cloud.mgmt_client_kwargs()
+    )
+    outcomes = []
+    for _ in range(20):
+        try:
+            list(client.subscriptions.list())
+            outcomes.append("ok")
+        except HttpResponseError as exc:
+            outcomes.append(exc.status_code)
+    assert set(outcomes) == {"ok", 503}
+
+
 def test_arm_throttles_reads_per_subscription_with_retry_after(azure):
     azure.control.config(arm_throttle={"reads": [3, 0.2]})
     client = ml(azure)
@@ -649,6 +709,9 @@ def test_every_call_is_recorded_with_its_client_and_correlation_ids(azure):
     assert gets[1]["client_request_id"] not in (None, "job-42")
     assert all(g["request_id"] and g["correlation_request_id"] for g in gets)
     assert gets[0]["headers"]["authorization"] == "***"
+    answer = arm_get(azure, f"/subscriptions/{PAID_SUBSCRIPTION}", "2022-12-01")
+    assert answer.headers["x-ms-request-id"] and answer.headers["x-ms-correlation-request-id"]
+    assert int(answer.headers["x-ms-ratelimit-remaining-subscription-reads"]) > 0
 
 
 def test_a_client_secret_sent_as_http_basic_is_accepted(azure):
