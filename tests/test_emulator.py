@@ -3,7 +3,7 @@ real azure-identity credential, over TLS with the emulator's own CA."""
 
 import base64
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import jwt
 import pytest
@@ -31,7 +31,13 @@ from azure.mgmt.resource.subscriptions import SubscriptionClient
 
 from opsportal.emulator.world import PAID_SUBSCRIPTION, TRIAL_SUBSCRIPTION
 from opsportal.providers import azure_cloud
-from opsportal.providers.azure import cost_query, ml_client, subscriptions_list, translate
+from opsportal.providers.azure import (
+    cost_query,
+    cost_query_body,
+    ml_client,
+    subscriptions_list,
+    translate,
+)
 from tests.emulator_support import RunningEmulator, emulator_fresh, running_emulator
 
 LLAMA = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
@@ -218,6 +224,10 @@ def test_subscribing_creates_the_saas_billing_resource_and_its_status_can_change
     with pytest.raises(HttpResponseError) as second:
         subscribe(client, name="llama-again")
     assert second.value.status_code == 409
+    client.marketplace_subscriptions.begin_delete("llama").result()
+    assert list(client.marketplace_subscriptions.list()) == []
+    left = arm_get(azure, saas["id"], "2026-04-01").json()
+    assert left["properties"]["status"] == "Unsubscribed", "the billing resource stays"
 
 
 # --- serverless endpoints -----------------------------------------------------------------------
@@ -554,11 +564,12 @@ def test_cost_rows_appear_after_the_lag_with_qpu_headers_then_the_tenant_is_thro
         >= 1
     )
 
-    # The console's own pull: two months of data cost 2 QPU, one window allows 3.
+    # The console's filter (Marketplace publisher or its resource types) keeps the SaaS rows.
     azure.control.config(cost={"qpu": {"10": 12, "60": 60, "3600": 600}})
-    found, waited = cost_query(
-        credential(azure), PAID_SUBSCRIPTION, date.today().replace(day=1), date.today()
-    )
+    today = datetime.now(UTC).date()
+    filtered = cm.query.usage(scope=scope, parameters=cost_query_body(today, today))
+    assert {row[2] for row in filtered.properties.rows} == {saas}
+    found, waited = cost_query(credential(azure), PAID_SUBSCRIPTION, today.replace(day=1), today)
     assert {r.meter for r in found} >= {
         "paygo-inference-input-tokens",
         "paygo-inference-output-tokens",

@@ -4,6 +4,7 @@ endpoints, managed online endpoints and deployments, VM sizes, usages and quotas
 long-running operations behind them. BEHAVIOUR.md lists each rule with its source."""
 
 import re
+import uuid
 from typing import Any
 
 from starlette.responses import Response
@@ -735,7 +736,7 @@ def online_json(emu: Any, ep: OnlineEndpoint) -> dict[str, Any]:
         "kind": "Managed",
         "identity": {
             "type": "SystemAssigned",
-            "principalId": new_guid(emu.state.rng),
+            "principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, ep.id.lower())),
             "tenantId": emu.state.tenant["id"],
         },
         "systemData": system_data(emu, ep.created),

@@ -81,7 +81,7 @@ def qpu_take(state: State, tenant: str, cost: int) -> tuple[bool, float, dict[st
         state.qpu_spent.popleft()
     remaining, wait = {}, 0.0
     for window, limit in limits.items():
-        inside = [(t, n) for t, _, n in state.qpu_spent if _ == tenant and now - t < window]
+        inside = [(t, n) for t, who, n in state.qpu_spent if who == tenant and now - t < window]
         spent = sum(n for _, n in inside)
         remaining[window] = limit - spent
         if spent + cost > limit:
