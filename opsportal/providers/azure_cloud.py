@@ -23,7 +23,6 @@ The rest of the code calls the small functions below and never reads these setti
 """
 
 import functools
-import hashlib
 import os
 import ssl
 import tempfile
@@ -142,13 +141,13 @@ def _default_bundle() -> str:
 
 @functools.lru_cache(maxsize=8)
 def _combined_bundle(extra: str) -> str:
-    """The default trust store plus the extra CAs, as one file: `requests` and azure-core take
-    a single CA file, which replaces the default store rather than adding to it. Written
-    atomically: web, workers and runtime may all start at once."""
+    """The default trust store plus the extra CAs, as one file (VAR_DIR/ca-bundle.pem):
+    `requests` and azure-core take a single CA file, which replaces the default store rather
+    than adding to it. Replaced atomically, and only when it changes: web, workers and runtime
+    may all start at once."""
     text = Path(_default_bundle()).read_text() + "\n" + Path(extra).read_text()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = Path(settings.VAR_DIR) / f"ca-bundle-{digest}.pem"
-    if not path.is_file():
+    path = Path(settings.VAR_DIR) / "ca-bundle.pem"
+    if not path.is_file() or path.read_text() != text:
         fd, tmp = tempfile.mkstemp(dir=settings.VAR_DIR, prefix=".ca-bundle-")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
