@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "opsportal.deployments",
     "opsportal.keys",
     "opsportal.costs",
+    "opsportal.emulator",
 ]
 
 MIDDLEWARE = [
@@ -288,3 +289,9 @@ OPSPORTAL_COST_PULL_HOURS = float(os.environ.get("OPSPORTAL_COST_PULL_HOURS", "6
 # Synced Azure workspaces are given the team this Azure tag names (on the workspace), by slug or
 # name, unless a superuser assigned one in the console.
 OPSPORTAL_TEAM_TAG = os.environ.get("OPSPORTAL_TEAM_TAG", "opsportal-team").strip()
+
+# --- Azure cloud ----------------------------------------------------------------------------
+# Public Azure unless set; see opsportal/providers/azure_cloud.py for what each one changes.
+AZURE_RESOURCE_MANAGER_URL = os.environ.get("AZURE_RESOURCE_MANAGER_URL", "").strip()
+AZURE_AUTHORITY_HOST = os.environ.get("AZURE_AUTHORITY_HOST", "").strip()
+OPSPORTAL_CA_BUNDLE = os.environ.get("OPSPORTAL_CA_BUNDLE", "").strip()

@@ -22,6 +22,7 @@ from django.template.loader import render_to_string
 from opsportal.chat.models import ChatTurn
 from opsportal.chat.services import RelayTarget
 from opsportal.inventory.scoring import SCORE, score_as_chat
+from opsportal.providers import azure_cloud
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
     weakref.WeakKeyDictionary()
@@ -35,7 +36,8 @@ def client() -> httpx.AsyncClient:
     found = _clients.get(loop)
     if found is None:
         found = _clients[loop] = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            verify=azure_cloud.ssl_context(),
         )
     return found
 

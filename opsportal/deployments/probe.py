@@ -8,6 +8,7 @@ import requests
 from django.conf import settings
 
 from opsportal.inventory.scoring import endpoint_url, is_score, score_body, score_text
+from opsportal.providers import azure_cloud
 from opsportal.providers.base import ErrorCode, ProviderError
 
 CHAT_ROUTE = "/v1/chat/completions"
@@ -39,6 +40,7 @@ def endpoint_probe(*, scoring_uri: str, key: str, routes: list[str] | None = Non
             json=body,
             headers={"Authorization": f"Bearer {key}"},
             timeout=settings.OPSPORTAL_PROBE_TIMEOUT,
+            verify=azure_cloud.ca_verify(),
         )
     except requests.RequestException as exc:
         raise ProviderError(

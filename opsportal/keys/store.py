@@ -32,9 +32,14 @@ def keyvault_secret_name(endpoint: Endpoint) -> str:
 def keyvault_client(**client_kwargs: Any) -> Any:
     from azure.keyvault.secrets import SecretClient
 
+    from opsportal.providers import azure_cloud
     from opsportal.providers.azure import default_credential
 
-    return SecretClient(settings.OPSPORTAL_KEYVAULT_URL, default_credential(), **client_kwargs)
+    return SecretClient(
+        settings.OPSPORTAL_KEYVAULT_URL,
+        default_credential(),
+        **{**azure_cloud.keyvault_client_kwargs(), **client_kwargs},
+    )
 
 
 def secret_publish(

@@ -31,6 +31,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from opsportal.inventory.models import Endpoint, Offering, Provider, ProvisioningState, Workspace
+from opsportal.providers import azure_cloud
 from opsportal.providers.base import (
     CallNote,
     CoreUsage,
@@ -96,9 +97,7 @@ def azure_configuration() -> tuple[bool, str]:
 
 
 def default_credential() -> Any:
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+    return azure_cloud.credential()
 
 
 def translate(exc: Exception, *, action: str = "read", what: str = "") -> ProviderError:
@@ -272,7 +271,9 @@ def subscriptions_list(credential: Any, **client_kwargs: Any) -> list[Subscripti
 
     client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
     try:
-        client = SubscriptionClient(credential, **client_kwargs)
+        client = SubscriptionClient(
+            credential, **{**azure_cloud.mgmt_client_kwargs(), **client_kwargs}
+        )
         return [
             SubscriptionInfo(
                 s.subscription_id,
@@ -296,6 +297,7 @@ def ml_client(
 ) -> Any:
     from azure.ai.ml import MLClient
 
+    client_kwargs = {**azure_cloud.ml_client_kwargs(), **client_kwargs}
     client_kwargs.setdefault("enable_telemetry", False)
     return MLClient(credential, subscription_id, resource_group, workspace, **client_kwargs)
 
@@ -354,7 +356,9 @@ def resource_group_read(
 
     client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
     try:
-        client = ResourceManagementClient(credential, subscription_id, **client_kwargs)
+        client = ResourceManagementClient(
+            credential, subscription_id, **{**azure_cloud.mgmt_client_kwargs(), **client_kwargs}
+        )
         tags = dict(client.resource_groups.get(resource_group).tags or {})
         path = (
             f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}"
@@ -993,13 +997,9 @@ def cost_query(
     from azure.core.rest import HttpRequest
     from azure.mgmt.costmanagement import CostManagementClient
 
-    kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {})}
-    if correlation_id:
-        from azure.core.pipeline.policies import HeadersPolicy
-
-        kwargs["per_call_policies"] = [HeadersPolicy({"x-ms-client-request-id": correlation_id})]
+    kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {}), **client_policies(correlation_id)}
     sleep = sleep or time.sleep
-    client = CostManagementClient(credential, **kwargs)
+    client = CostManagementClient(credential, **{**azure_cloud.mgmt_client_kwargs(), **kwargs})
     body = cost_query_body(start, end)
     waited = 0.0
 
