@@ -38,6 +38,7 @@ from opsportal.providers.azure import (
     subscriptions_list,
     translate,
 )
+from opsportal.providers.base import ErrorCode
 from tests.emulator_support import RunningEmulator, emulator_fresh, running_emulator
 
 LLAMA = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
@@ -366,7 +367,8 @@ def test_serverless_refusals_use_the_rules_azure_applies(azure):
     # The console names the region rule in plain words.
     with pytest.raises(HttpResponseError) as caught:
         serverless(westus3, "llama-west")
-    assert translate(caught.value).code == "ServerlessModelNotAvailableInRegion"
+    assert translate(caught.value).service_code == "ServerlessModelNotAvailableInRegion"
+    assert translate(caught.value).code == ErrorCode.NOT_IN_REGION
 
 
 def test_a_long_operation_runs_on_the_emulator_clock(azure):

@@ -425,7 +425,12 @@ def test_the_deploy_job_on_managed_compute_checks_quota_then_creates_and_routes_
         url(f"{W}/onlineEndpoints/mixtral/listKeys"),
         json=example("online/OnlineEndpoint_ListKeys.json"),
     )
-    arm.add(responses.POST, "https://mixtral.eastus2.inference.ml.azure.com/score", json=ANSWER)
+    # A managed online endpoint answers in the model's scoring contract, not chat completions.
+    arm.add(
+        responses.POST,
+        "https://mixtral.eastus2.inference.ml.azure.com/score",
+        json={"output": "Hello!"},
+    )
     size = example("quota/VirtualMachineSizes_List.json")["value"][0]
     job = Job.objects.create(
         kind="deploy",
@@ -463,4 +468,6 @@ def test_the_deploy_job_on_managed_compute_checks_quota_then_creates_and_routes_
         "blue",
         100,
     )
-    assert calls_to(arm, "POST", "/score")  # the smoke test reached the scoring URI
+    (score,) = calls_to(arm, "POST", "/score")  # the smoke test reached the scoring URI
+    sent = body_of(score)["input_data"]  # in the model's contract
+    assert sent["input_string"][-1]["role"] == "user" and sent["parameters"]["max_new_tokens"]
