@@ -10,6 +10,7 @@ from opsportal.providers import ProviderError
 from opsportal.providers.azure import (
     AzureProvider,
     subscriptions_list,
+    translate,
     workspaces_list,
 )
 from opsportal.providers.base import (
@@ -611,3 +612,10 @@ def _deployments_page(endpoint: str, name: str) -> dict:
         f"{W.removeprefix(ARM)}/onlineEndpoints/{endpoint}/deployments/{name}"  # adapted
     )
     return page
+
+
+def test_a_connection_broken_in_the_middle_of_an_answer_is_worth_retrying():
+    from azure.core.exceptions import IncompleteReadError
+
+    error = translate(IncompleteReadError("Connection broken: IncompleteRead(12 bytes read)"))
+    assert error.retryable and error.code == ErrorCode.CONNECTION_ERROR

@@ -28,11 +28,24 @@ SAAS = (
 QPU = "x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after"
 
 
+def managed_query(request) -> tuple[bool, str]:
+    """A responses matcher: the second query of a pull, managed compute by endpoint tag."""
+    groups = json.loads(request.body or b"{}").get("dataset", {}).get("grouping", [])
+    return any(g.get("type") == "TagKey" for g in groups), "not the managed-compute query"
+
+
 @pytest.fixture
 def arm(monkeypatch):
     monkeypatch.setattr(azure_provider, "CLIENT_DEFAULTS", {"retry_total": 0})
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        # Registered first, so it answers the managed-compute query; the tests below answer
+        # the Marketplace one. A subscription without managed endpoints: no rows.
+        rs.add(responses.POST, url(QUERY), status=204, match=[managed_query])
         yield rs
+
+
+def marketplace_calls(rs) -> list:
+    return [c for c in rs.calls if not managed_query(c.request)[0]]
 
 
 @pytest.fixture
@@ -73,7 +86,7 @@ def billed_example() -> dict:
 def test_it_asks_for_daily_actual_cost_by_resource_and_meter_and_reads_the_example(arm, account):
     arm.add(responses.POST, url(QUERY), json=example("costmanagement/Query_SubscriptionQuery.json"))
     result, waits = pull(account)
-    (call,) = arm.calls
+    (call,) = marketplace_calls(arm)
     assert api_version(call) == "2025-03-01"
     sent = body_of(call)
     assert (sent["type"], sent["timeframe"], sent["dataset"]["granularity"]) == (
@@ -145,7 +158,7 @@ def test_it_backs_off_on_the_cost_management_retry_header(arm, account):
     arm.add(responses.POST, url(QUERY), json=billed_example())
     result, waits = pull(account)
     assert waits == [7.0]  # azure-core did not retry it; we waited as asked
-    assert len(arm.calls) == 2
+    assert len(marketplace_calls(arm)) == 2
     assert (result.error, result.rows, result.throttled_s) == ("", 3, 7.0)
 
 
@@ -168,7 +181,7 @@ def test_an_empty_answer_and_the_pull_interval(arm, account):
     result, _ = pull(account)
     assert (result.error, result.rows) == ("", 0) and result.pulled_at is not None
     pull(account)  # within OPSPORTAL_COST_PULL_HOURS: no second query
-    assert len(arm.calls) == 1
+    assert len(marketplace_calls(arm)) == 1
 
 
 def test_it_follows_next_link(arm, account):
@@ -183,7 +196,8 @@ def test_it_follows_next_link(arm, account):
     arm.add(responses.POST, next_url, json=second)
     result, _ = pull(account)
     assert result.rows == 4 and CostDaily.objects.count() == 4
-    assert body_of(arm.calls[1]) == body_of(arm.calls[0])
+    calls = marketplace_calls(arm)
+    assert body_of(calls[1]) == body_of(calls[0])
 
 
 def test_a_refused_query_is_recorded_not_raised(arm, account):
@@ -196,3 +210,47 @@ def test_a_refused_query_is_recorded_not_raised(arm, account):
     result, _ = pull(account)
     assert "refused" in result.error.lower()
     assert CostPull.objects.get(account=account).error == result.error
+
+
+def test_managed_compute_hours_are_read_from_the_workspace_by_endpoint_tag(arm, account):
+    workspace = WorkspaceFactory(account=account, name="ws1", resource_group="rg1")
+    mixtral = offering("mixtral-8x7b-instruct-v01")
+    endpoint = EndpointFactory(
+        workspace=workspace, name="mixtral", kind="managed", offering=mixtral, content_safety=False
+    )
+    ws_id = (
+        f"/subscriptions/{SUB}/resourceGroups/rg1/providers/"
+        "Microsoft.MachineLearningServices/workspaces/ws1"
+    )
+    answer = billed_example()
+    answer["properties"]["columns"] = [
+        {"name": "Cost", "type": "Number"},
+        {"name": "UsageQuantity", "type": "Number"},
+        {"name": "ResourceId", "type": "String"},
+        {"name": "azuremlendpoint", "type": "String"},
+        {"name": "UsageDate", "type": "Number"},
+        {"name": "Currency", "type": "String"},
+    ]
+    answer["properties"]["rows"] = [
+        [88.16, 24.0, ws_id.lower(), "mixtral", 20261120, "USD"],
+        [3.10, 2.0, ws_id.lower(), "", 20261120, "USD"],  # the workspace's other compute
+    ]
+    arm.replace(responses.POST, url(QUERY), json=answer, match=[managed_query])
+    arm.add(responses.POST, url(QUERY), status=204)
+    pull(account)
+    (managed,) = [c for c in arm.calls if managed_query(c.request)[0]]
+    sent = body_of(managed)["dataset"]
+    assert sent["grouping"] == [
+        {"type": "Dimension", "name": "ResourceId"},
+        {"type": "TagKey", "name": "azuremlendpoint"},
+    ]
+    assert "microsoft.machinelearningservices/workspaces" in json.dumps(sent["filter"])
+    (row,) = CostDaily.objects.all()
+    assert (row.endpoint, row.offering, row.team, row.meter, row.unit) == (
+        endpoint,
+        mixtral,
+        workspace.team,
+        "managed-compute",
+        "VM hours",
+    )
+    assert row.cost == Decimal("88.16") and row.quantity == Decimal(24)

@@ -311,3 +311,16 @@ def test_the_reaper_queues_again_a_pending_job_whose_message_no_worker_took(worl
     # Still pending, now with the time it was queued again: not re-sent at the next tick.
     assert lost.status == Job.Status.PENDING and lost.heartbeat_at is not None
     assert jobs_reap(stale_after=120, lost_after=300) == []
+
+
+def test_a_provider_call_is_made_once_when_no_retries_are_configured(world, settings):
+    settings.OPSPORTAL_JOB_RETRIES = 0
+    calls: list[int] = []
+
+    @runner("test-once")
+    def run(rec: JobRecorder) -> None:
+        rec.call("Once", lambda: calls.append(1))
+
+    job = make(world, "test-once")
+    assert job_execute(job_id=job.pk) == "succeeded"
+    assert calls == [1]

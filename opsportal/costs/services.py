@@ -320,7 +320,7 @@ def azure_costs_pull(
 ) -> CostPull:
     """Pull last month and this month of one subscription, at most every
     OPSPORTAL_COST_PULL_HOURS unless forced. Upserts are idempotent."""
-    from opsportal.providers.azure import cost_query
+    from opsportal.providers.azure import MANAGED_METER, cost_query
 
     pull, _ = CostPull.objects.get_or_create(account=account)
     now = timezone.now()
@@ -359,7 +359,9 @@ def azure_costs_pull(
             resource_id=r.resource_id,
             meter=r.meter,
             quantity=r.quantity,
-            unit=TOKENS_UNIT_NAME if r.meter.endswith("-tokens") else "",
+            unit=TOKENS_UNIT_NAME
+            if r.meter.endswith("-tokens")
+            else ("VM hours" if r.meter == MANAGED_METER else ""),
             cost=r.cost,
             currency=r.currency,
         )

@@ -304,7 +304,7 @@ class JobRecorder:
         exponential from OPSPORTAL_JOB_BACKOFF_SECONDS, capped at a minute. Between attempts
         a cancel request is honoured, unless the call is part of a step that must finish
         (`cancellable=False`)."""
-        attempts = settings.OPSPORTAL_JOB_RETRIES
+        attempts = max(1, settings.OPSPORTAL_JOB_RETRIES)  # 0 retries is still one try
         for attempt in range(1, attempts + 1):
             try:
                 return fn(*args, **kwargs)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -122,7 +123,8 @@ def translate(exc: Exception, *, action: str = "read", what: str = "") -> Provid
             code=ErrorCode.CONFLICT,
             service_code=service_code,
         )
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | IncompleteReadError):
+        # IncompleteReadError: the connection broke in the middle of Azure's answer.
         return ProviderError(
             f"Could not reach Azure{subject}: {_first_line(exc)}. Will retry.",
             retryable=True,
@@ -980,6 +982,57 @@ def cost_rows_parse(columns: list[str], rows: list[list[Any]]) -> list[CostRow]:
     return out
 
 
+# Managed online deployments' VM hours are billed on the workspace resource, tagged with the
+# endpoint and deployment they serve (Microsoft, "View costs for an Azure Machine Learning
+# managed online endpoint": filter by the workspace, then by these tags).
+ENDPOINT_TAG = "azuremlendpoint"
+MANAGED_METER = "managed-compute"
+
+
+def managed_cost_query_body(start: date, end: date) -> dict[str, Any]:
+    """Actual cost per day of the workspaces' resources, by resource and endpoint tag."""
+    body = cost_query_body(start, end)
+    body["dataset"]["grouping"] = [
+        {"type": "Dimension", "name": "ResourceId"},
+        {"type": "TagKey", "name": ENDPOINT_TAG},
+    ]
+    body["dataset"]["filter"] = {
+        "dimensions": {
+            "name": "ResourceType",
+            "operator": "In",
+            "values": ["microsoft.machinelearningservices/workspaces"],
+        }
+    }
+    return body
+
+
+def managed_rows(columns: list[str], rows: list[list[Any]]) -> list[CostRow]:
+    """The endpoint-tagged rows of the workspace query, each as the endpoint's own resource
+    (`{workspace id}/onlineEndpoints/{name}`), under one managed-compute meter. Untagged rows
+    are the workspace's other compute, not an endpoint's."""
+    index = {name.lower(): i for i, name in enumerate(columns)}
+    tag_at = index.get(ENDPOINT_TAG, index.get("tagvalue"))
+    out = []
+    parsed = cost_rows_parse(columns, rows)
+    for raw, row in zip(rows, parsed, strict=True):
+        endpoint = str(raw[tag_at]) if tag_at is not None and raw[tag_at] else ""
+        if ":" in endpoint and tag_at == index.get("tagvalue"):
+            endpoint = endpoint.split(":", 1)[1]
+        if not endpoint:
+            continue
+        out.append(
+            CostRow(
+                day=row.day,
+                resource_id=f"{row.resource_id.rstrip('/')}/onlineEndpoints/{endpoint}",
+                meter=MANAGED_METER,
+                quantity=row.quantity,
+                cost=row.cost,
+                currency=row.currency,
+            )
+        )
+    return out
+
+
 def cost_query(
     credential: Any,
     subscription_id: str,
@@ -991,7 +1044,9 @@ def cost_query(
     max_wait_s: float = 300.0,
     correlation_id: str | None = None,
 ) -> tuple[list[CostRow], float]:
-    """Daily cost rows of one subscription; returns (rows, seconds spent waiting out 429s)."""
+    """Daily cost rows of one subscription: the Marketplace meters (and anything billed on
+    online endpoint resources), then managed compute's VM hours by endpoint. Returns (rows,
+    seconds spent waiting out 429s)."""
     import time
 
     from azure.core.rest import HttpRequest
@@ -1000,7 +1055,6 @@ def cost_query(
     kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {}), **client_policies(correlation_id)}
     sleep = sleep or time.sleep
     client = CostManagementClient(credential, **{**azure_cloud.mgmt_client_kwargs(), **kwargs})
-    body = cost_query_body(start, end)
     waited = 0.0
 
     def throttled(call: Any) -> Any:
@@ -1029,30 +1083,35 @@ def cost_query(
             except Exception as exc:
                 raise translate(exc, what=f"cost of subscription {subscription_id}") from exc
 
-    result = throttled(
-        lambda: client.query.usage(scope=f"/subscriptions/{subscription_id}", parameters=body)
-    )
-    if result is None or result.properties is None:  # 204: no data for the period
-        return [], waited
-    props = result.properties
-    columns = [c.name for c in props.columns or []]
-    rows = cost_rows_parse(columns, list(props.rows or []))
-    next_link = props.next_link
-    pages = 1
-    while next_link and pages < 100:
-        # No pager for Query: the next page is the same body posted to nextLink.
-        response = throttled(
-            lambda link=next_link: _raise_for_status(
-                client._client.send_request(HttpRequest("POST", link, json=body))
+    def query(body: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        result = throttled(
+            lambda: client.query.usage(scope=f"/subscriptions/{subscription_id}", parameters=body)
+        )
+        if result is None or result.properties is None:  # 204: no data for the period
+            return [], []
+        props = result.properties
+        columns = [c.name for c in props.columns or []]
+        rows = list(props.rows or [])
+        next_link = props.next_link
+        pages = 1
+        while next_link and pages < 100:
+            # No pager for Query: the next page is the same body posted to nextLink.
+            response = throttled(
+                lambda link=next_link: _raise_for_status(
+                    client._client.send_request(HttpRequest("POST", link, json=body))
+                )
             )
-        )
-        page = response.json().get("properties") or {}
-        rows += cost_rows_parse(
-            [c["name"] for c in page.get("columns") or []], page.get("rows") or []
-        )
-        next_link = page.get("nextLink")
-        pages += 1
-    return rows, waited
+            page = response.json().get("properties") or {}
+            rows += page.get("rows") or []
+            next_link = page.get("nextLink")
+            pages += 1
+        return columns, rows
+
+    columns, rows = query(cost_query_body(start, end))
+    found = cost_rows_parse(columns, rows) if columns else []
+    columns, rows = query(managed_cost_query_body(start, end))
+    found += managed_rows(columns, rows) if columns else []
+    return found, waited
 
 
 def _raise_for_status(response: Any) -> Any:
