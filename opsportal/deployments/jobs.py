@@ -18,7 +18,7 @@ from opsportal.inventory.models import (
     ProvisioningState,
     Workspace,
 )
-from opsportal.inventory.services import endpoint_row_store
+from opsportal.inventory.services import compute_quota_store, endpoint_row_store
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, runner
 from opsportal.keys.models import KeySlot, RotationSchedule
@@ -82,6 +82,19 @@ def endpoint_track(
             code=ErrorCode.CONFLICT,
         ) from None
     return row
+
+
+def compute_refresh(rec: JobRecorder, provider: WorkspaceBackend, workspace: Workspace) -> None:
+    """After instances came or went: the region's core usage as the provider counts it now,
+    so the next pre-flight does not read the sync's older snapshot."""
+    if provider.owns_inventory:
+        return  # the local runtime's cores are read live
+    try:
+        usage = rec.call("Core usage", provider.core_usage)
+    except ProviderError as exc:
+        rec.note(f"Core usage not refreshed ({exc.message}); the next sync will.")
+        return
+    compute_quota_store(account_id=workspace.account_id, region=workspace.region, usage=usage)
 
 
 def wait_provisioned(
@@ -219,6 +232,7 @@ def deploy_run(rec: JobRecorder) -> None:
         endpoint_row_refresh(
             provider=d.provider, workspace=d.workspace, info=info, offering=d.offering
         )
+        compute_refresh(rec, d.provider, d.workspace)
         rec.step(78, f"Deployment {d.deployment} is provisioned")
     rec.phase("keys_published", 80, "Reading the keys into the secret store", lambda: keys_take(d))
     smoke_test(d, info)
@@ -308,13 +322,28 @@ def endpoint_make(d: Deploy) -> None:
             code=ErrorCode.CONFLICT,
         )
     if existing is None:
-        rec.call(
-            f"Creating {d.name}",
-            d.provider.endpoint_create,
-            name=d.name,
-            kind=d.kind,
-            offering_slug=d.offering.slug,
-        )
+        try:
+            rec.call(
+                f"Creating {d.name}",
+                d.provider.endpoint_create,
+                name=d.name,
+                kind=d.kind,
+                offering_slug=d.offering.slug,
+            )
+        except ProviderError as exc:
+            if row is not None and endpoint_find(rec, d.provider, d.name) is None:
+                # Refused: the row written to track the create stands for nothing.
+                Endpoint.objects.filter(pk=row.pk).update(
+                    deleted_at=timezone.now(),
+                    provisioning_state=ProvisioningState.FAILED,
+                    status_message=exc.message,
+                )
+                rec.step(
+                    rec.job.progress,
+                    f"Refused: {exc.message} Nothing was created; the console no longer tracks "
+                    f"{d.name}.",
+                )
+            raise
     else:
         rec.step(22, f"{d.name} exists already (an earlier attempt created it): continuing")
     rec.attach(endpoint=d.endpoint())
@@ -402,6 +431,8 @@ def delete_run(rec: JobRecorder) -> None:
             RotationSchedule.objects.filter(endpoint=row).update(enabled=False, next_run_at=None)
         rec.step(80, "Forgetting its keys")
         secrets_forget(endpoint=row)
+    if row is not None and row.kind == Endpoint.Kind.MANAGED:
+        compute_refresh(rec, provider, workspace)
     rec.step(100, f"{name} is deleted")
     rec.audit("endpoint.delete")
 
@@ -470,6 +501,12 @@ def scale_run(rec: JobRecorder) -> None:
     name, count = rec.job.params["deployment"], rec.job.params["instance_count"]
     where = f"{c.endpoint.name}/{name}"
     rec.phase(
+        "quota_checked",
+        5,
+        "Checking the core quota with the provider",
+        lambda: scale_quota_check(c, name, count),
+    )
+    rec.phase(
         "scaled",
         10,
         f"Scaling {where} to {count} instances",
@@ -483,8 +520,36 @@ def scale_run(rec: JobRecorder) -> None:
     )
     info = wait_provisioned(rec, c.provider, c.endpoint.name, start=20, end=90, deployment=name)
     c.refresh(info)
+    compute_refresh(rec, c.provider, c.endpoint.workspace)
     rec.step(100, f"{where} runs {count} instances")
     rec.audit("deployment.scale", detail=f"{name}: {count} instances")
+
+
+def scale_quota_check(c: Change, name: str, count: int) -> None:
+    """The extra instances' cores fit the family's free quota (asked of the provider, which
+    counts what runs now)."""
+    rec = c.rec
+    info = endpoint_find(rec, c.provider, c.endpoint.name)
+    current = next((d for d in (info.deployments if info else ()) if d.name == name), None)
+    if current is None:
+        raise ProviderError(
+            f"{c.endpoint.name} has no deployment {name}.", code=ErrorCode.NOT_FOUND
+        )
+    sizes = {t.name: t for t in rec.call("VM sizes", c.provider.instance_types)}
+    size = sizes.get(current.instance_type)
+    extra = (count - current.instance_count) * (size.cores if size else 0)
+    if size is None or extra <= 0:
+        return
+    usage = {u.family: u for u in rec.call("Core quota", c.provider.core_usage)}
+    quota = usage.get(size.family)
+    if quota is not None and extra > quota.headroom:
+        raise ProviderError(
+            f"Not enough cores: {count} x {size.name} needs {extra} more {size.family} cores, "
+            f"{quota.headroom} of {quota.limit} are free in {c.endpoint.region}. Choose fewer "
+            "instances, or ask for more quota.",
+            code=ErrorCode.QUOTA_EXCEEDED,
+        )
+    rec.step(8, f"{extra} more {size.family} cores needed, within quota")
 
 
 @runner(Job.Kind.TRAFFIC)
@@ -543,5 +608,6 @@ def deployment_delete_run(rec: JobRecorder) -> None:
             )
         time.sleep(settings.OPSPORTAL_JOB_POLL_SECONDS)
     c.refresh(info)
+    compute_refresh(rec, c.provider, c.endpoint.workspace)
     rec.step(100, f"{where} is removed")
     rec.audit("deployment.delete", detail=name)

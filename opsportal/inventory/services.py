@@ -7,7 +7,13 @@ from typing import Any
 from django.db import transaction
 
 from opsportal.accounts.models import Team
-from opsportal.inventory.models import CloudAccount, ManagedDeployment, Provider, Workspace
+from opsportal.inventory.models import (
+    CloudAccount,
+    ComputeQuota,
+    ManagedDeployment,
+    Provider,
+    Workspace,
+)
 
 OFFERINGS_FILE = Path(__file__).resolve().parent / "data" / "offerings.json"
 
@@ -117,3 +123,15 @@ def workspace_team_set(*, workspace: Workspace, team: Team | None, user: Any) ->
         )
     workspace.refresh_from_db()
     return workspace
+
+
+def compute_quota_store(*, account_id: int, region: str, usage: Any) -> None:
+    """A region's dedicated cores per VM family, as the provider reports them now (the sync,
+    and every job that adds or removes instances, keep the pre-flight's snapshot current)."""
+    for u in usage:
+        ComputeQuota.objects.update_or_create(
+            account_id=account_id,
+            region=region,
+            family=u.family,
+            defaults={"used": max(0, u.used), "limit": max(0, u.limit)},
+        )

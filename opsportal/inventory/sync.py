@@ -24,14 +24,13 @@ from django.utils import timezone
 from opsportal.accounts.models import Team
 from opsportal.inventory.models import (
     CloudAccount,
-    ComputeQuota,
     MarketplaceSubscription,
     Offering,
     Provider,
     VmSize,
     Workspace,
 )
-from opsportal.inventory.services import endpoint_row_store
+from opsportal.inventory.services import compute_quota_store, endpoint_row_store
 from opsportal.providers.azure import (
     AzureProvider,
     BucketPolicy,
@@ -387,13 +386,7 @@ def _write_compute(result: ComputeResult, report: SyncReport) -> None:
             name=size.name,
             defaults={"cores": size.cores, "family": size.family, "memory_gb": size.memory_gb},
         )
-    for usage in result.usage:
-        ComputeQuota.objects.update_or_create(
-            account_id=result.account_id,
-            region=result.region,
-            family=usage.family,
-            defaults={"used": max(0, usage.used), "limit": max(0, usage.limit)},
-        )
+    compute_quota_store(account_id=result.account_id, region=result.region, usage=result.usage)
     report.lines.append(
         f"{result.region}: {len(result.sizes)} VM sizes, {len(result.usage)} core quotas"
     )
