@@ -244,6 +244,7 @@ def subscribe(d: Deploy) -> None:
     status = rec.call("Marketplace", d.provider.subscription_status, offering_slug=slug)
     if status == MarketplaceStatus.SUBSCRIBED:
         rec.step(10, "Already subscribed: continuing to deploy")
+        billing_record(d)
         return
     if status is not None:
         raise ProviderError(
@@ -278,7 +279,37 @@ def subscribe(d: Deploy) -> None:
         defaults={"name": slug, "state": MarketplaceSubscription.State.SUCCEEDED},
     )
     rec.audit("marketplace.subscribe", detail=f"terms accepted for {offering.display_name}")
+    billing_record(d)
     rec.step(10, "Subscribed")
+
+
+def billing_record(d: Deploy) -> None:
+    """Note on the subscription's row what Azure bills it on, so its cost maps to it before
+    the next sync runs."""
+    try:
+        billing = d.rec.call(
+            "Billing resource", d.provider.subscription_billing, offering_slug=d.offering.slug
+        )
+    except ProviderError as exc:
+        d.rec.note(f"The billing resource was not read ({exc.message}); the next sync reads it.")
+        return
+    if billing is None:
+        return
+    s = billing.subscription
+    MarketplaceSubscription.objects.update_or_create(
+        workspace=d.workspace,
+        offering=d.offering,
+        deleted_at__isnull=True,
+        defaults={
+            "name": s.name,
+            "state": {"Subscribed": "Succeeded"}.get(s.status, s.status),
+            "azure_resource_id": s.resource_id,
+            "publisher_id": s.publisher_id,
+            "offer_id": s.offer_id,
+            "plan_id": s.plan_id,
+            **({"saas_resource_id": billing.saas_resource_id} if billing.saas_resource_id else {}),
+        },
+    )
 
 
 def quota_check(d: Deploy) -> None:

@@ -259,6 +259,12 @@ class MarketplaceSubscriptionInfo:
     plan_id: str = ""
 
 
+@dataclass(frozen=True)
+class MarketplaceBilling:
+    subscription: MarketplaceSubscriptionInfo
+    saas_resource_id: str  # "" when the resource group holds none, or several alike
+
+
 def marketplace_status(value: Any) -> str:
     """The SDK's snake_case status (subscribed, pending_fulfillment_start...) in Azure's words."""
     text = str(getattr(value, "value", value) or "").replace("_", "").lower()
@@ -480,8 +486,10 @@ class AzureProvider:
                 *kwargs.get("per_call_policies", []),
                 *client_policies(correlation_id, note)["per_call_policies"],
             ]
+        self._credential = credential or default_credential()
+        self._kwargs = kwargs
         self.ml = ml_client(
-            credential or default_credential(),
+            self._credential,
             workspace.account.subscription_id,
             workspace.resource_group,
             workspace.name,
@@ -556,6 +564,32 @@ class AzureProvider:
             s for s in self.marketplace_subscriptions_list() if unversioned(s.model_id) == model_id
         ]
         return MarketplaceStatus(found[0].status) if found else None
+
+    def subscription_billing(self, *, offering_slug: str) -> MarketplaceBilling | None:
+        """The workspace's Marketplace subscription to the offering and the SaaS resource
+        Cost Management bills it on (same publisher, offer and plan in the resource group)."""
+        model_id = unversioned(self._offering(offering_slug).registry_model_id)
+        mine = [
+            s for s in self.marketplace_subscriptions_list() if unversioned(s.model_id) == model_id
+        ]
+        if not mine:
+            return None
+        sub = mine[0]
+        group = resource_group_read(
+            self._credential,
+            self.workspace.account.subscription_id,
+            self.workspace.resource_group,
+            **self._kwargs,
+        )
+        plan = (sub.publisher_id.lower(), sub.offer_id.lower(), sub.plan_id.lower())
+        saas = [
+            s.resource_id
+            for s in group.saas
+            if (s.publisher.lower(), s.offer.lower(), s.plan.lower()) == plan
+        ]
+        return MarketplaceBilling(
+            subscription=sub, saas_resource_id=saas[0] if len(saas) == 1 else ""
+        )
 
     def subscription_create(self, *, offering_slug: str) -> str:
         from azure.ai.ml.entities import MarketplaceSubscription

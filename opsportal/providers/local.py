@@ -138,6 +138,9 @@ class LocalProvider:
             return None
         return LOCAL_STATUS.get(state, MarketplaceStatus.PENDING)
 
+    def subscription_billing(self, *, offering_slug: str) -> None:
+        return None  # local meters are the gateway's usage rows, not a billing resource
+
     # --- endpoints -------------------------------------------------------------------------
     def endpoint_create(self, *, name: str, kind: str, offering_slug: str) -> EndpointInfo:
         if not ENDPOINT_NAME_RE.match(name):
