@@ -10,8 +10,9 @@ One run, one model (the bundled SmolLM2-135M), the same threads:
    alternating between our gateway and llama.cpp's `llama-server` (built by `make llama-server`
    from the llama.cpp that llama-cpp-python vendors, same CPU flags; `--parallel` = our slots):
    aggregate tokens/s and per-stream time to first token.
-3. 16 streams arriving 20 ms apart: every one must succeed, and they must finish in the order
-   they arrived (the replica takes requests first come, first served).
+3. 16 streams arriving 20 ms apart: every one must succeed, and none may finish a decode step
+   or more before one that arrived earlier (the replica takes requests first come, first
+   served; those it takes in together end in the same step).
 4. The single stream through the gateway again: the runtime must be as fast after load.
 
 It makes its own database and endpoint under var/bench/. Prints a table, then one JSON line.
@@ -268,11 +269,18 @@ async def sweep(url: str, headers: dict[str, str], extra: dict, n: int) -> Sweep
     )
 
 
+# Streams that end in the same decode step (the replica took them in together, once slots
+# came free) reach the client in whatever order its event loop reads their sockets: within this
+# much of each other they count as finishing together. A decode step takes 9 ms or more.
+SAME_STEP_S = 0.005
+
+
 async def arrival_order(uri: str, key: str, n: int, tokens: int) -> tuple[int, int, float]:
-    """n streams sent 20 ms apart: (errors, finished out of arrival order, chunks/s)."""
+    """n streams sent 20 ms apart: (errors, streams that finished a step or more before one
+    that arrived earlier, chunks/s)."""
     import httpx
 
-    finished: list[int] = []
+    finished: dict[int, float] = {}
     errors = 0
 
     async def one(client: httpx.AsyncClient, i: int) -> int:
@@ -292,7 +300,7 @@ async def arrival_order(uri: str, key: str, n: int, tokens: int) -> tuple[int, i
                     if line.startswith("data: {"):
                         got += 1
                     elif line == "data: [DONE]":
-                        finished.append(i)
+                        finished[i] = time.perf_counter()
         except httpx.HTTPError:
             errors += 1
         return got
@@ -306,7 +314,11 @@ async def arrival_order(uri: str, key: str, n: int, tokens: int) -> tuple[int, i
             await asyncio.sleep(0.02)  # a defined arrival order
         chunks = await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
-    out_of_order = sum(1 for a, b in zip(finished, sorted(finished), strict=False) if a != b)
+    out_of_order = sum(
+        1
+        for j, done in finished.items()
+        if any(finished[i] > done + SAME_STEP_S for i in finished if i < j)
+    )
     return errors + (n - len(finished)), out_of_order, sum(chunks) / elapsed
 
 
@@ -471,7 +483,8 @@ def main() -> None:
     print()
     print(
         f"{args.streams} streams arriving 20 ms apart: {errors} errors, "
-        f"{out_of_order} finished out of arrival order, {conc_tps:.1f} chunks/s overall"
+        f"{out_of_order} finished a step or more before an earlier one, "
+        f"{conc_tps:.1f} chunks/s overall"
     )
     print(
         f"single stream through the gateway after the concurrent runs: {after_tps:.1f} tokens/s "

@@ -87,11 +87,39 @@ def error_response(err: api.ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+class ArrivalOrder:
+    """Requests to one endpoint reach its replicas in the order they reached the gateway."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[asyncio.Future]] = {}
+
+    def take(self, name: str) -> asyncio.Future:
+        turn = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(name, []).append(turn)
+        return turn
+
+    async def wait(self, name: str, turn: asyncio.Future) -> None:
+        queue = self.pending[name]
+        earlier = queue[: queue.index(turn)]
+        if earlier:
+            await asyncio.wait(earlier)  # never cancels them, even if this request goes away
+
+    def done(self, name: str, turn: asyncio.Future) -> None:
+        if not turn.done():
+            turn.set_result(None)
+        queue = self.pending.get(name, [])
+        if turn in queue:
+            queue.remove(turn)
+        if not queue:
+            self.pending.pop(name, None)
+
+
 class Gateway:
     def __init__(self, runtime: Runtime, meter: Meter) -> None:
         self.runtime = runtime
         self.meter = meter
         self.windows: dict[int, RateWindow] = {}
+        self.arrivals = ArrivalOrder()
         routes = [HttpRoute("/healthz", self.healthz, methods=["GET"])]
         for path, mode in [
             ("/v1/chat/completions", "chat"),
@@ -136,6 +164,35 @@ class Gateway:
     async def serve(self, request: Request, path: str, mode: str) -> Response:
         started = time.monotonic()
         name = request.path_params["name"]
+        raw = await request.body()  # before taking a turn: a slow upload holds up nobody
+        turn = self.arrivals.take(name)
+        try:
+            admitted = await self._admit(request, path, mode, name, raw, started)
+            if isinstance(admitted, Response):
+                return admitted
+            # The checks above wait on a thread for the database: a request that got through
+            # them sooner still reaches the replica after those that arrived before it.
+            await self.arrivals.wait(name, turn)
+            admitted.start()
+        finally:
+            self.arrivals.done(name, turn)
+        job = admitted
+        if job.req.stream:
+            return StreamingResponse(
+                job.stream(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            body = await job.complete()
+        except api.ApiError as err:
+            return error_response(err)
+        return JSONResponse(body)
+
+    async def _admit(
+        self, request: Request, path: str, mode: str, name: str, raw: bytes, started: float
+    ) -> "Response | _Generation":
+        """Every check before generation: the refusal to send, or the job to start."""
         view = await load_endpoint(name)
         if view is None:
             return error_response(
@@ -166,7 +223,7 @@ class Gateway:
                     headers={"Retry-After": "5"},
                 )
             req = api.parse(
-                await request.body(),
+                raw,
                 family=view.family,
                 mode=mode,
                 default_ignore_eos=view.default_ignore_eos,
@@ -196,18 +253,7 @@ class Gateway:
             self._meter(meta, err.status, started)
             return error_response(err)
 
-        job = _Generation(self, view, req, prompt, params, key, engine_slot, window, meta, started)
-        if req.stream:
-            return StreamingResponse(
-                job.stream(),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        try:
-            body = await job.complete()
-        except api.ApiError as err:
-            return error_response(err)
-        return JSONResponse(body)
+        return _Generation(self, view, req, prompt, params, key, engine_slot, window, meta, started)
 
     def _authenticate(self, request: Request, view: EndpointView) -> str | None:
         header = request.headers.get("authorization", "")
@@ -316,6 +362,7 @@ class _Generation:
         self.id = ("chatcmpl-" if req.mode == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.cancel = threading.Event()
+        self.out: asyncio.Queue = asyncio.Queue()
         self.first_token_at: float | None = None
         self.completion_tokens = 0
 
@@ -323,10 +370,10 @@ class _Generation:
     def runs(self) -> int:
         return self.req.best_of if self.params.score and self.req.best_of else self.req.n
 
-    async def events(self) -> AsyncIterator[tuple[int, Piece | Finish | EngineError]]:
-        """Every run as its own sequence in the replica's batch; events as they come."""
+    def start(self) -> None:
+        """Every run as its own sequence in the replica's batch (on the event loop)."""
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
+        out = self.out
         slot, runs = self.slot, self.runs
         state = {"taken": False, "left": runs}
 
@@ -360,8 +407,11 @@ class _Generation:
                 self.cancel,
                 taken=lambda: loop.call_soon_threadsafe(taken),
             )
+
+    async def events(self) -> AsyncIterator[tuple[int, Piece | Finish | EngineError]]:
+        """The runs' events as they come."""
         try:
-            while (item := await out.get()) is not None:
+            while (item := await self.out.get()) is not None:
                 if isinstance(item[1], Piece) and self.first_token_at is None:
                     self.first_token_at = time.monotonic()
                 if isinstance(item[1], Finish):
