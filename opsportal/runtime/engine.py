@@ -191,6 +191,11 @@ class Engine:
         """Queue one sequence. `sink` gets its events, the last being a Finish or an
         EngineError; `taken` is called once the decode thread has taken the request in (it
         runs from the next step, or waits its turn for a free slot)."""
+        if not prompt or len(prompt) + max(params.max_tokens, 0) > self.n_ctx:
+            raise EngineError(
+                f"The prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) does "
+                f"not fit a slot's context of {self.n_ctx} tokens."
+            )
         seq = _Sequence(self, prompt, params, sink, cancel or threading.Event(), taken)
         self._scheduler.submit(seq)
 
