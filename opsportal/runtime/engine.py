@@ -415,12 +415,12 @@ class _Scheduler:
 
     # --- the decode thread -------------------------------------------------------------------
     def _warm_up(self) -> None:
-        """One full batch over every slot, then an empty cache: the first requests do not pay
-        for first-touch page faults of the compute buffers and the weights (half a second)."""
+        """A small batch over every slot, then an empty cache: the first request does not pay
+        for paging the weights in and first-touching the buffers (half a second)."""
         lib = self.lib
         token = max(self.model.token_bos(), 0)
         per_slot = [1] * self.slots
-        per_slot[0] = max(1, min(N_BATCH - self.slots + 1, self.n_ctx_slot))
+        per_slot[0] = max(1, min(32, self.n_ctx_slot))
         n = 0
         for slot, count in enumerate(per_slot):
             self.token_view[n : n + count] = token
