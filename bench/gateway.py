@@ -13,7 +13,8 @@ One run, one model (the bundled SmolLM2-135M), the same threads:
 3. 16 streams arriving 20 ms apart: every one must succeed, and none may finish a decode step
    or more before one that arrived earlier (the replica takes requests first come, first
    served; those it takes in together end in the same step).
-4. The single stream through the gateway again: the runtime must be as fast after load.
+4. The single stream again, alternating as in 1: the gateway must be as fast after the load
+   (its share of the direct engine's speed, which also says how busy the machine was).
 
 It makes its own database and endpoint under var/bench/. Prints a table, then one JSON line.
 
@@ -386,7 +387,6 @@ def main() -> None:
                 results["gateway"].append(
                     gateway_stream(client, dep.uri, dep.key, prompt, args.tokens)
                 )
-        del llm
 
         peer_port = free_port()
         peer = start_llama_server(binary, dep, threads, peer_port)
@@ -414,11 +414,16 @@ def main() -> None:
         errors, out_of_order, conc_tps = asyncio.run(
             arrival_order(dep.uri, dep.key, args.streams, 32)
         )
-        after = [
-            gateway_stream(client, dep.uri, dep.key, prompt, args.tokens)
-            for _ in range(args.rounds)
-            for prompt in PROMPTS
-        ]
+        # Again alternating with the engine directly: on a shared machine its speed says how
+        # much of a difference is the machine's.
+        after: dict[str, list[tuple[float, float, int]]] = {"direct": [], "gateway": []}
+        for _ in range(args.rounds):
+            for prompt in PROMPTS:
+                after["direct"].append(direct_stream(llm, eog, prompt, args.tokens))
+                after["gateway"].append(
+                    gateway_stream(client, dep.uri, dep.key, prompt, args.tokens)
+                )
+        del llm
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -428,7 +433,9 @@ def main() -> None:
 
     d_ttft, g_ttft = p50(results["direct"], 0) * 1000, p50(results["gateway"], 0) * 1000
     d_tps, g_tps = p50(results["direct"], 1), p50(results["gateway"], 1)
-    after_tps = p50(after, 1)
+    after_tps, after_direct_tps = p50(after["gateway"], 1), p50(after["direct"], 1)
+    # The gateway's share of the direct engine's speed, after the load over before it.
+    after_ratio = (after_tps / after_direct_tps) / (g_tps / d_tps)
     metrics: dict[str, float] = {
         "direct_ttft_p50_ms": round(d_ttft, 2),
         "gateway_ttft_p50_ms": round(g_ttft, 2),
@@ -488,7 +495,9 @@ def main() -> None:
     )
     print(
         f"single stream through the gateway after the concurrent runs: {after_tps:.1f} tokens/s "
-        f"({after_tps / g_tps:.3f} of before)"
+        f"({after_tps / g_tps:.3f} of before; engine directly {after_direct_tps:.1f}, "
+        f"{after_direct_tps / d_tps:.3f} of before); gateway/direct after over before: "
+        f"{after_ratio:.3f}"
     )
     metrics.update(
         {
@@ -496,7 +505,9 @@ def main() -> None:
             "concurrent_out_of_order_errors": out_of_order,
             "concurrent_chunks_per_s": round(conc_tps, 2),
             "gateway_after_load_tokens_per_s": round(after_tps, 2),
+            "direct_after_load_tokens_per_s": round(after_direct_tps, 2),
             "after_load_to_before_tokens_per_s_ratio": round(after_tps / g_tps, 4),
+            "after_load_to_before_gateway_to_direct_ratio": round(after_ratio, 4),
         }
     )
     print(json.dumps(metrics))
