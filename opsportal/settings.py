@@ -267,6 +267,9 @@ OPSPORTAL_RUNTIME_PORT = int(os.environ.get("OPSPORTAL_RUNTIME_PORT", "8001"))
 OPSPORTAL_RUNTIME_URL = os.environ.get(
     "OPSPORTAL_RUNTIME_URL", f"http://{OPSPORTAL_RUNTIME_HOST}:{OPSPORTAL_RUNTIME_PORT}"
 )
+# Requests the shared engine behind an offering's serverless endpoints decodes side by side; each
+# slot holds a KV cache of the full context (SmolLM2-135M at 8K tokens: about 180 MiB a slot).
+OPSPORTAL_RUNTIME_SERVERLESS_SLOTS = int(os.environ.get("OPSPORTAL_RUNTIME_SERVERLESS_SLOTS", "8"))
 
 # Jobs: transient provider errors are retried this many times with exponential back-off; a
 # running job whose heartbeat is older than the stale limit is presumed lost and queued again.

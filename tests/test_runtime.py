@@ -470,3 +470,88 @@ def test_it_deletes_an_endpoint_and_refuses_it_at_once(rt, smol):
     rt.wait_state("smol", "deleted")
     assert post(uri, key, "/v1/chat/completions", {"messages": HELLO}).status_code == 404
     assert not Endpoint.objects.filter(name="smol", deleted_at__isnull=True).exists()
+
+
+def _engine_of(rt, name: str):
+    """The engine serving a serverless endpoint (the offering's shared one)."""
+    route = rt.runtime.routes[name]
+    (key,) = route.deployments[0][1]
+    return rt.runtime.slots[key]
+
+
+def _unique_tail(text: str, width: int = 4) -> str:
+    """A piece near the end of `text` that occurs nowhere else in it."""
+    for start in range(len(text) - width - 2, 0, -1):
+        piece = text[start : start + width]
+        if piece.strip() and text.count(piece) == 1:
+            return piece
+    raise AssertionError(f"no unique piece in {text!r}")
+
+
+def test_it_batches_concurrent_requests_each_with_its_own_parameters(rt, smol):
+    uri, key = smol
+    counting = {"prompt": "1, 2, 3, 4, 5,", "max_tokens": 40, "temperature": 0}
+    capital = {
+        "prompt": "The capital of France is",
+        "max_tokens": 6,
+        "logprobs": 2,
+        "temperature": 0,
+    }
+    free = post(uri, key, "/v1/completions", counting).json()["choices"][0]["text"]
+    alone = post(uri, key, "/v1/completions", capital).json()["choices"][0]
+    stop = _unique_tail(free)
+    slot = _engine_of(rt, "smol")
+    shared_before = slot.engine.stats.shared_steps
+
+    replies: dict[str, dict] = {}
+
+    def call(name: str, body: dict) -> None:
+        replies[name] = post(uri, key, "/v1/completions", body).json()
+
+    first = threading.Thread(target=call, args=("stop", {**counting, "stop": [stop]}))
+    first.start()
+    deadline = time.monotonic() + 30
+    while slot.waiting < 1 and "stop" not in replies and time.monotonic() < deadline:
+        time.sleep(0.002)
+    second = threading.Thread(target=call, args=("logprobs", capital))
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+
+    # They were decoded side by side: some llama_decode calls carried both sequences.
+    assert slot.engine.stats.shared_steps > shared_before
+    cut = replies["stop"]["choices"][0]
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == free[: free.index(stop)] and stop not in cut["text"]
+    assert replies["stop"]["usage"]["completion_tokens"] < 40
+    scored = replies["logprobs"]["choices"][0]
+    assert scored["text"] == alone["text"] and scored["finish_reason"] == "length"
+    assert replies["logprobs"]["usage"]["completion_tokens"] == 6
+    logprobs = scored["logprobs"]
+    assert logprobs["tokens"] == alone["logprobs"]["tokens"]
+    assert "".join(logprobs["tokens"]) == scored["text"]
+    for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True):
+        assert 2 <= len(top) <= 3 and top[token] == max(top.values())
+    assert cut["logprobs"] is None
+
+
+def test_it_frees_a_slot_as_soon_as_its_client_goes_away(rt, settings):
+    settings.OPSPORTAL_RUNTIME_SERVERLESS_SLOTS = 1
+    uri, key = rt.deploy("smol-one-slot")
+    slot = _engine_of(rt, "smol-one-slot")
+    assert slot.engine.slots == 1
+    with httpx.stream(
+        "POST",
+        f"{uri}/v1/completions",
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}"},
+        json={"prompt": "Go on forever:", "max_tokens": 4000, "stream": True},
+    ) as r:
+        next(r.iter_lines())
+    # The only slot was the abandoned stream's: this one gets it once that stream is dropped.
+    quick = post(uri, key, "/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+    assert quick.status_code == 200
+    assert slot.waiting == 0
+    steps = slot.engine.stats.steps
+    time.sleep(0.5)
+    assert slot.engine.stats.steps == steps, "the abandoned sequence is still being decoded"

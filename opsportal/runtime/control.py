@@ -22,11 +22,12 @@ from opsportal.runtime.engine import Engine, EngineError
 
 log = logging.getLogger(__name__)
 
-# Local "VM sizes": threads are the cores a replica uses, n_ctx its context window.
+# Local "VM sizes": threads are the cores a replica uses, n_ctx the context window of each of its
+# slots (requests it decodes side by side in one batch; each slot's KV cache is held in memory).
 INSTANCE_TYPES: dict[str, dict[str, int]] = {
-    "Local_1T_2K": {"threads": 1, "n_ctx": 2048},
-    "Local_2T_4K": {"threads": 2, "n_ctx": 4096},
-    "Local_2T_8K": {"threads": 2, "n_ctx": 8192},
+    "Local_1T_2K": {"threads": 1, "n_ctx": 2048, "slots": 4},
+    "Local_2T_4K": {"threads": 2, "n_ctx": 4096, "slots": 4},
+    "Local_2T_8K": {"threads": 2, "n_ctx": 8192, "slots": 4},
 }
 RETRY_FAILED_LOAD_AFTER = 30.0
 SERVERLESS_MAX_CTX = 8192
@@ -43,7 +44,7 @@ def scoring_uri(name: str) -> str:
 @dataclass
 class EngineSlot:
     engine: Engine
-    waiting: int = 0  # requests queued or running on it
+    waiting: int = 0  # requests it has taken in: decoding, or queued for a free slot
     broken: bool = False
 
 
@@ -98,6 +99,10 @@ class Runtime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        with self._lock:
+            slots, self.slots = list(self.slots.values()), {}
+        for slot in slots:
+            slot.engine.close()
 
     def _loop(self, interval: float) -> None:
         while not self._stop.is_set():
@@ -114,7 +119,7 @@ class Runtime:
             .select_related("offering")
             .prefetch_related("deployments")
         )
-        wanted: dict[tuple, tuple[Offering, int, int]] = {}
+        wanted: dict[tuple, tuple[Offering, int, int, int]] = {}
         routes: dict[str, Route] = {}
         for ep in endpoints:
             if ep.provisioning_state == ProvisioningState.DELETING:
@@ -129,21 +134,27 @@ class Runtime:
         with self._lock:
             for key in [k for k in self.slots if k not in wanted or self.slots[k].broken]:
                 log.info("unloading engine %s", key)
+                # Requests still on it finish; it is freed when the last one lets go of it.
                 del self.slots[key]
             self.routes = routes
 
-    def _plan(self, ep: Endpoint) -> tuple[Route, dict[tuple, tuple[Offering, int, int]]]:
+    def _plan(self, ep: Endpoint) -> tuple[Route, dict[tuple, tuple[Offering, int, int, int]]]:
         offering = ep.offering
         route = Route(
             endpoint_id=ep.pk, name=ep.name, family=offering.api_family if offering else ""
         )
-        needs: dict[tuple, tuple[Offering, int, int]] = {}
+        needs: dict[tuple, tuple[Offering, int, int, int]] = {}
         if offering is None:
             return route, needs
         if ep.kind == Endpoint.Kind.SERVERLESS:
             key = ("shared", offering.pk)
             n_ctx = min(offering.context_length or 4096, SERVERLESS_MAX_CTX)
-            needs[key] = (offering, n_ctx, machine_cores())
+            needs[key] = (
+                offering,
+                n_ctx,
+                machine_cores(),
+                settings.OPSPORTAL_RUNTIME_SERVERLESS_SLOTS,
+            )
             route.deployments.append((100, [key]))
             return route, needs
         for dep in ep.deployments.all():
@@ -155,12 +166,14 @@ class Runtime:
             keys = []
             for i in range(dep.instance_count):
                 key = ("replica", dep.pk, i)
-                needs[key] = (offering, size["n_ctx"], size["threads"])
+                needs[key] = (offering, size["n_ctx"], size["threads"], size["slots"])
                 keys.append(key)
             route.deployments.append((dep.traffic_percent, keys))
         return route, needs
 
-    def _ensure(self, key: tuple, offering: Offering, n_ctx: int, threads: int) -> str | None:
+    def _ensure(
+        self, key: tuple, offering: Offering, n_ctx: int, threads: int, slots: int
+    ) -> str | None:
         """Load the engine for `key` if it is not loaded; return an error message if it fails."""
         slot = self.slots.get(key)
         if slot is not None and not slot.broken:
@@ -172,7 +185,7 @@ class Runtime:
             return f"{offering.display_name} has no local model file."
         started = time.monotonic()
         try:
-            engine = Engine(offering.local_model_path, n_ctx=n_ctx, n_threads=threads)
+            engine = Engine(offering.local_model_path, n_ctx=n_ctx, n_threads=threads, slots=slots)
         except EngineError as exc:
             self._failed[key] = (time.monotonic(), str(exc))
             return str(exc)

@@ -6,7 +6,8 @@
 
 Per request: find the endpoint, check the key (both slots valid; read from the database on every
 request, so a regenerated key is refused at once), validate, admit under the rate limits,
-queue fairly on a replica, stream. Usage is metered off the token path.
+hand to a replica (its engine batches requests first come, first served), stream. Usage is
+metered off the token path.
 """
 
 import asyncio
@@ -86,12 +87,39 @@ def error_response(err: api.ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+class ArrivalOrder:
+    """Requests to one endpoint reach its replicas in the order they reached the gateway."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[asyncio.Future]] = {}
+
+    def take(self, name: str) -> asyncio.Future:
+        turn = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(name, []).append(turn)
+        return turn
+
+    async def wait(self, name: str, turn: asyncio.Future) -> None:
+        queue = self.pending[name]
+        earlier = queue[: queue.index(turn)]
+        if earlier:
+            await asyncio.wait(earlier)  # never cancels them, even if this request goes away
+
+    def done(self, name: str, turn: asyncio.Future) -> None:
+        if not turn.done():
+            turn.set_result(None)
+        queue = self.pending.get(name, [])
+        if turn in queue:
+            queue.remove(turn)
+        if not queue:
+            self.pending.pop(name, None)
+
+
 class Gateway:
     def __init__(self, runtime: Runtime, meter: Meter) -> None:
         self.runtime = runtime
         self.meter = meter
         self.windows: dict[int, RateWindow] = {}
-        self.queues: dict[tuple, asyncio.Lock] = {}
+        self.arrivals = ArrivalOrder()
         routes = [HttpRoute("/healthz", self.healthz, methods=["GET"])]
         for path, mode in [
             ("/v1/chat/completions", "chat"),
@@ -136,6 +164,35 @@ class Gateway:
     async def serve(self, request: Request, path: str, mode: str) -> Response:
         started = time.monotonic()
         name = request.path_params["name"]
+        raw = await request.body()  # before taking a turn: a slow upload holds up nobody
+        turn = self.arrivals.take(name)
+        try:
+            admitted = await self._admit(request, path, mode, name, raw, started)
+            if isinstance(admitted, Response):
+                return admitted
+            # The checks above wait on a thread for the database: a request that got through
+            # them sooner still reaches the replica after those that arrived before it.
+            await self.arrivals.wait(name, turn)
+            admitted.start()
+        finally:
+            self.arrivals.done(name, turn)
+        job = admitted
+        if job.req.stream:
+            return StreamingResponse(
+                job.stream(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            body = await job.complete()
+        except api.ApiError as err:
+            return error_response(err)
+        return JSONResponse(body)
+
+    async def _admit(
+        self, request: Request, path: str, mode: str, name: str, raw: bytes, started: float
+    ) -> "Response | _Generation":
+        """Every check before generation: the refusal to send, or the job to start."""
         view = await load_endpoint(name)
         if view is None:
             return error_response(
@@ -166,7 +223,7 @@ class Gateway:
                     headers={"Retry-After": "5"},
                 )
             req = api.parse(
-                await request.body(),
+                raw,
                 family=view.family,
                 mode=mode,
                 default_ignore_eos=view.default_ignore_eos,
@@ -196,18 +253,7 @@ class Gateway:
             self._meter(meta, err.status, started)
             return error_response(err)
 
-        job = _Generation(self, view, req, prompt, params, key, engine_slot, window, meta, started)
-        if req.stream:
-            return StreamingResponse(
-                job.stream(),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        try:
-            body = await job.complete()
-        except api.ApiError as err:
-            return error_response(err)
-        return JSONResponse(body)
+        return _Generation(self, view, req, prompt, params, key, engine_slot, window, meta, started)
 
     def _authenticate(self, request: Request, view: EndpointView) -> str | None:
         header = request.headers.get("authorization", "")
@@ -294,13 +340,9 @@ class Gateway:
             created_at=timezone.now(),
         )
 
-    def queue_for(self, key: tuple) -> asyncio.Lock:
-        # asyncio.Lock wakes waiters in arrival order: concurrent requests queue fairly.
-        return self.queues.setdefault(key, asyncio.Lock())
-
 
 class _Generation:
-    """One admitted request: n (or best_of) completions on one replica, in order."""
+    """One admitted request: n (or best_of) completions on one replica, side by side."""
 
     def __init__(
         self,
@@ -320,6 +362,7 @@ class _Generation:
         self.id = ("chatcmpl-" if req.mode == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.cancel = threading.Event()
+        self.out: asyncio.Queue = asyncio.Queue()
         self.first_token_at: float | None = None
         self.completion_tokens = 0
 
@@ -327,39 +370,55 @@ class _Generation:
     def runs(self) -> int:
         return self.req.best_of if self.params.score and self.req.best_of else self.req.n
 
-    def _produce(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue) -> None:
-        """Worker thread: generate every run, pushing (index, event) onto the queue."""
-        try:
-            for index in range(self.runs):
-                for event in self.slot.engine.generate(self.prompt, self.params, self.cancel):
-                    loop.call_soon_threadsafe(out.put_nowait, (index, event))
-                if self.cancel.is_set():
-                    break
-        except Exception as exc:  # a crash inside llama.cpp's Python layer
-            self.gw.runtime.mark_broken(self.key, str(exc))
-            loop.call_soon_threadsafe(out.put_nowait, (-1, EngineError(str(exc))))
-        finally:
-            loop.call_soon_threadsafe(out.put_nowait, None)
+    def start(self) -> None:
+        """Every run as its own sequence in the replica's batch (on the event loop)."""
+        loop = asyncio.get_running_loop()
+        out = self.out
+        slot, runs = self.slot, self.runs
+        state = {"taken": False, "left": runs}
+
+        # These run on the event loop (posted from the decode thread), even once this request
+        # has gone away: the replica's count of requests stays right.
+        def taken() -> None:
+            if not state["taken"]:
+                state["taken"] = True
+                slot.waiting += 1
+
+        def deliver(index: int, batch: list[Piece | Finish | EngineError]) -> None:
+            for event in batch:
+                out.put_nowait((index, event))
+            if isinstance(batch[-1], Finish | EngineError):
+                if isinstance(batch[-1], EngineError):
+                    self.gw.runtime.mark_broken(self.key, str(batch[-1]))
+                state["left"] -= 1
+                if state["left"] == 0:
+                    if state["taken"]:
+                        slot.waiting -= 1
+                    out.put_nowait(None)
+
+        def sink_for(index: int):  # type: ignore[no-untyped-def]
+            return lambda batch: loop.call_soon_threadsafe(deliver, index, batch)
+
+        for index in range(runs):
+            slot.engine.submit(
+                self.prompt,
+                self.params,
+                sink_for(index),
+                self.cancel,
+                taken=lambda: loop.call_soon_threadsafe(taken),
+            )
 
     async def events(self) -> AsyncIterator[tuple[int, Piece | Finish | EngineError]]:
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
-        lock = self.gw.queue_for(self.key)
-        self.slot.waiting += 1
-        await lock.acquire()
-        # The lock is released when the worker thread ends, even if this request goes away.
-        future = loop.run_in_executor(None, self._produce, loop, out)
-        future.add_done_callback(lambda _: lock.release())
-        future.add_done_callback(lambda _: setattr(self.slot, "waiting", self.slot.waiting - 1))
+        """The runs' events as they come."""
         try:
-            while (item := await out.get()) is not None:
+            while (item := await self.out.get()) is not None:
                 if isinstance(item[1], Piece) and self.first_token_at is None:
                     self.first_token_at = time.monotonic()
                 if isinstance(item[1], Finish):
                     self.completion_tokens += item[1].completion_tokens
                 yield item
         finally:
-            self.cancel.set()
+            self.cancel.set()  # a client that went away frees its slots at the next step
 
     def _finish(self, status: int) -> None:
         prompt_tokens = len(self.prompt)
@@ -481,7 +540,7 @@ class _Generation:
     async def stream(self) -> AsyncIterator[bytes]:
         started_choices: set[int] = set()
         frames: dict[int, tuple[bytes, bytes]] = {}
-        status, done = 200, False
+        status, done, finished = 200, False, 0
         try:
             async for index, event in self.events():
                 if isinstance(event, EngineError):
@@ -512,7 +571,8 @@ class _Generation:
                     yield head + json.dumps(event.text).encode() + tail
                 elif event.reason != "cancelled":
                     chunk = self._chunk(index, reason=event.reason, first=first)
-                    if index == self.runs - 1:
+                    finished += 1
+                    if finished == self.runs:  # runs interleave: the last to end has the total
                         chunk["usage"] = self.usage()
                     yield _sse(chunk)
             if status == 200:
