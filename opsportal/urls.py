@@ -31,6 +31,7 @@ urlpatterns = [
     path("offerings/", inventory.offerings_list, name="offerings"),
     path("offerings/<slug:slug>/", inventory.offering_detail, name="offering_detail"),
     path("teams/", accounts.teams_list, name="teams"),
+    path("teams/new/", accounts.team_create, name="team_create"),
     path("teams/<slug:slug>/", accounts.team_detail, name="team_detail"),
     path("teams/<slug:slug>/members/", accounts.member_add, name="member_add"),
     path(

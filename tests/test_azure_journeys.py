@@ -100,9 +100,9 @@ class Console:
 def console(emulator, monkeypatch, settings, transactional_db, catalog):
     azure = emulator_fresh(emulator, monkeypatch, settings)
     monkeypatch.setattr(azure_provider, "CLIENT_DEFAULTS", {})
-    worker = start_worker(**azure.env)
-    yield Console(azure, worker)
-    stop_worker(worker)
+    console = Console(azure, start_worker(**azure.env))
+    yield console
+    stop_worker(console.worker)  # the one running now (a test may have replaced it)
 
 
 def data_plane(url: str, key: str) -> int:

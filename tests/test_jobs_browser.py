@@ -88,9 +88,10 @@ def test_deploy_call_rotate_schedule_delete_in_the_browser(page, stack):
     page.select_option("#id_workspace", label="local")
     page.select_option("#id_offering", label="SmolLM2-135M-Instruct (Q4_1)")
     page.fill("#id_name", NAME)
-    page.wait_for_selector("[data-check=marketplace][data-status=todo]")
+    # The checks answer the latest state of the form (the name is checked 400 ms after typing).
+    page.wait_for_selector("[data-check=name][data-status=ok]")
+    assert page.get_attribute("[data-check=marketplace]", "data-status") == "todo"
     assert page.get_attribute("[data-check=region]", "data-status") == "ok"
-    assert page.get_attribute("[data-check=name]", "data-status") == "ok"
     page.check("#id_accept_terms")
     page.wait_for_selector("[data-check=marketplace][data-status=ok]")
     page.click("text=Start deployment")

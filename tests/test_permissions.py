@@ -55,6 +55,7 @@ def mutation_urls(world) -> dict[str, str]:
         "deployment_remove": reverse("deployment_remove", args=[managed.pk, "blue"]),
         "endpoint_traffic": reverse("endpoint_traffic", args=[managed.pk]),
         "workspace_team": reverse("workspace_team", args=[world.ws_a.pk]),
+        "team_create": reverse("team_create"),
     }
 
 

@@ -23,3 +23,14 @@ def admin_user_ensure(
     if team is not None:
         Membership.objects.get_or_create(team=team, user=user, defaults={"role": Role.ADMIN})
     return user, created
+
+
+def team_create(*, name: str, slug: str, user: AbstractUser) -> Team:
+    """A new team; whoever made it (a superuser) is its first admin."""
+    from opsportal.jobs.services import audit_record
+
+    with transaction.atomic():
+        team = Team.objects.create(name=name, slug=slug)
+        Membership.objects.create(team=team, user=user, role=Role.ADMIN)
+        audit_record(actor=user, action="team.create", object_type="team", object_label=team.name)
+    return team

@@ -1,20 +1,65 @@
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
+from django.utils.text import slugify
 
+from opsportal.accounts import services
 from opsportal.accounts.models import Membership, Role, Team
 from opsportal.accounts.permissions import mutation, require_role, role_on, visible_teams
 
 
-def teams_list(request: HttpRequest) -> HttpResponse:
+class TeamForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    slug = forms.SlugField(
+        max_length=100,
+        required=False,
+        help_text="Short name in URLs and in the Azure team tag; made from the name if empty.",
+    )
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean()
+        name = (data.get("name") or "").strip()
+        slug = data.get("slug") or slugify(name)
+        if not slug or slug == "new":
+            self.add_error("slug", "Give the team a slug of letters, digits or hyphens.")
+        elif Team.objects.filter(slug=slug).exists():
+            self.add_error("slug", f"A team with the slug {slug} exists.")
+        if name and Team.objects.filter(name__iexact=name).exists():
+            self.add_error("name", f"A team named {name} exists.")
+        data["name"], data["slug"] = name, slug
+        return data
+
+
+def teams_list(
+    request: HttpRequest, form: TeamForm | None = None, status: int = 200
+) -> HttpResponse:
     teams = visible_teams(request.user).annotate(
         member_count=Count("memberships", distinct=True),
         workspace_count=Count("workspaces", distinct=True),
     )
-    return render(request, "accounts/teams.html", {"teams": teams})
+    return render(
+        request,
+        "accounts/teams.html",
+        {"teams": teams, "form": form or TeamForm()},
+        status=status,
+    )
+
+
+@mutation(Role.ADMIN)
+def team_create(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_superuser:
+        raise PermissionDenied("Creating teams needs a superuser.")
+    form = TeamForm(request.POST)
+    if not form.is_valid():
+        return teams_list(request, form, status=422)
+    team = services.team_create(
+        name=form.cleaned_data["name"], slug=form.cleaned_data["slug"], user=request.user
+    )
+    return HttpResponseRedirect(team.get_absolute_url())
 
 
 class MemberForm(forms.Form):
