@@ -12,10 +12,10 @@ from opsportal.deployments.changes import (
     live_deployments,
 )
 from opsportal.deployments.forms import DeployForm, deployable_workspaces
+from opsportal.deployments.services import delete_request, delete_running, deploy_request
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
 from opsportal.jobs.models import Job
-from opsportal.jobs.services import job_request
 
 
 def redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -69,21 +69,7 @@ def deploy_create(request: HttpRequest) -> HttpResponse:
             {"form": form, "checks": form.run_checks(), "can_deploy": True},
             status=422,
         )
-    params = form.params()
-    existing = (
-        form.cleaned_data.get("existing") if params.get("endpoint_mode") == "existing" else None
-    )
-    job = job_request(
-        action="endpoint.deploy.requested",
-        detail=f"{params['kind']} {params['offering']}"
-        + (", Marketplace terms accepted" if params.get("terms_accepted") else ""),
-        kind="deploy",
-        target_label=params["name"],
-        requested_by=request.user,
-        workspace=form.cleaned_data["workspace"],
-        endpoint=existing,
-        params=params,
-    )
+    job = deploy_request(form=form, user=request.user)
     return redirect(request, job.get_absolute_url())
 
 
@@ -111,9 +97,7 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
     endpoint = _endpoint(request, pk)
     require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
     typed = request.POST.get("confirm", "").strip()
-    running = Job.objects.filter(
-        endpoint=endpoint, kind="delete", status__in=[Job.Status.PENDING, Job.Status.RUNNING]
-    ).first()
+    running = delete_running(endpoint=endpoint)
     if running is not None:
         return redirect(request, running.get_absolute_url())
     if typed != endpoint.name:
@@ -128,19 +112,7 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
             },
             status=422,
         )
-    job = job_request(
-        action="endpoint.delete.requested",
-        kind="delete",
-        target_label=endpoint.name,
-        requested_by=request.user,
-        workspace=endpoint.workspace,
-        endpoint=endpoint,
-        params={
-            "workspace_id": endpoint.workspace_id,
-            "name": endpoint.name,
-            "endpoint_id": endpoint.pk,
-        },
-    )
+    job, _ = delete_request(endpoint=endpoint, user=request.user)
     return redirect(request, job.get_absolute_url())
 
 
