@@ -223,7 +223,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": OPSPORTAL_TICK_SECONDS,
     },
     "rotations-due": {
-        "task": "opsportal.jobs.tasks.rotations_due",
+        "task": "opsportal.keys.tasks.rotations_due",
         "schedule": OPSPORTAL_TICK_SECONDS,
     },
     # Local cost meters from the gateway's usage rows; Azure's from Cost Management, at most

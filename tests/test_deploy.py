@@ -4,8 +4,9 @@ import pytest
 import responses
 from django.urls import reverse
 
+from opsportal.core.models import AuditEvent
 from opsportal.inventory.models import ComputeQuota, Endpoint, MarketplaceSubscription, VmSize
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.jobs.models import Job
 from tests.conftest import client_for
 from tests.factories import EndpointFactory, WorkspaceFactory, offering
 

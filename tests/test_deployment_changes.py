@@ -8,8 +8,9 @@ import pytest
 from django.urls import reverse
 
 from opsportal.accounts.models import Role
+from opsportal.core.models import AuditEvent
 from opsportal.inventory.models import Endpoint, ManagedDeployment, ProvisioningState
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.jobs.models import Job
 from tests.conftest import client_for
 from tests.factories import EndpointFactory, MembershipFactory, UserFactory, offering
 from tests.runtime_support import SMOL, start_runtime

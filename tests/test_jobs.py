@@ -7,7 +7,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.core.models import AuditEvent
+from opsportal.jobs.models import Job
 from opsportal.jobs.services import (
     RUNNERS,
     JobRecorder,
@@ -196,9 +197,9 @@ def test_the_reaper_leaves_live_jobs_alone_and_gives_up_after_max_attempts(world
 
 def test_job_create_enqueues_only_the_id(world, django_capture_on_commit_callbacks, monkeypatch):
     sent = []
-    from opsportal.jobs import tasks
+    from opsportal.jobs import services
 
-    monkeypatch.setattr(tasks.job_run, "delay", lambda *a, **kw: sent.append((a, kw)))
+    monkeypatch.setattr(services, "job_enqueue", lambda *a, **kw: sent.append((a, kw)))
     with django_capture_on_commit_callbacks(execute=True):
         job = job_create(kind="deploy", workspace=world.ws_a, params={"name": "x"})
     assert sent == [((job.pk,), {})]
@@ -241,7 +242,7 @@ def test_the_detail_polls_until_the_job_ends_and_offers_cancel_or_retry(world):
 
 
 def test_the_audit_log_filters_and_hides_other_teams(world):
-    from opsportal.jobs.services import audit_record
+    from opsportal.core.audit import audit_record
 
     audit_record(
         actor=world.operator,
@@ -298,9 +299,9 @@ def test_a_step_that_must_finish_ignores_cancel_between_its_retries(world):
 
 def test_the_reaper_queues_again_a_pending_job_whose_message_no_worker_took(world, monkeypatch):
     sent: list[int] = []
-    from opsportal.jobs import tasks
+    from opsportal.jobs import services
 
-    monkeypatch.setattr(tasks.job_run, "delay", sent.append)
+    monkeypatch.setattr(services, "job_enqueue", sent.append)
     lost = make(world, "test-x")
     fresh = make(world, "test-x")
     Job.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=6))

@@ -9,8 +9,9 @@ import json
 import pytest
 import responses
 
+from opsportal.core.models import AuditEvent
 from opsportal.inventory.models import CloudAccount, Endpoint, MarketplaceSubscription, Workspace
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_execute
 from opsportal.keys.models import SecretVersion
 from opsportal.keys.store import secret_value

@@ -9,8 +9,9 @@ import pytest
 from django.urls import reverse
 
 from opsportal.accounts.models import Role
+from opsportal.core.models import AuditEvent
 from opsportal.inventory.models import Endpoint, ProvisioningState
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_create, jobs_reap
 from opsportal.keys.models import SecretVersion
 from opsportal.keys.store import secret_current, secret_value

@@ -9,7 +9,8 @@ import responses
 from django.urls import reverse
 from django.utils import timezone
 
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.core.models import AuditEvent
+from opsportal.jobs.models import Job
 from opsportal.keys.models import RotationSchedule, SecretVersion
 from opsportal.keys.services import rotations_due_start
 from opsportal.keys.store import secret_current, secret_publish, secret_value, secrets_forget

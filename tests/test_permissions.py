@@ -2,7 +2,8 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from opsportal.accounts.models import Membership, Role
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.core.models import AuditEvent
+from opsportal.jobs.models import Job
 from opsportal.keys.models import RotationSchedule, SecretVersion
 from tests.conftest import client_for
 from tests.factories import EndpointFactory, MembershipFactory, UserFactory

@@ -3,7 +3,7 @@
 from django.urls import reverse
 
 from opsportal.accounts.models import Membership, Team
-from opsportal.jobs.models import AuditEvent
+from opsportal.core.models import AuditEvent
 from tests.conftest import client_for
 from tests.factories import UserFactory
 
@@ -24,3 +24,27 @@ def test_a_superuser_creates_a_team_and_becomes_its_admin(world):
     # Team admins of other teams cannot.
     assert client_for(world.admin).post(reverse("team_create"), {"name": "Z"}).status_code == 403
     assert "Create team" not in client_for(world.admin).get(reverse("teams")).content.decode()
+
+
+def test_every_membership_change_is_audited(world):
+    client = client_for(world.admin)
+    newcomer = UserFactory(username="new@example.com")
+    client.post(
+        reverse("member_add", args=["alpha"]), {"email": "new@example.com", "role": "viewer"}
+    )
+    member = Membership.objects.get(user=newcomer)
+    client.post(reverse("member_update", args=["alpha", member.pk]), {"role": "admin"})
+    client.post(reverse("member_remove", args=["alpha", member.pk]))
+    events = list(
+        AuditEvent.objects.filter(object_type="team").order_by("pk").values_list("action", "detail")
+    )
+    assert events == [
+        ("member.add", "viewer"),
+        ("member.change", "viewer -> admin"),
+        ("member.remove", "admin"),
+    ]
+    assert all(e.actor == world.admin for e in AuditEvent.objects.filter(object_type="team"))
+    # Refused changes (the last admin) are not recorded as done.
+    me = Membership.objects.get(user=world.admin)
+    client.post(reverse("member_remove", args=["alpha", me.pk]))
+    assert AuditEvent.objects.filter(action="member.remove").count() == 1

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils.text import slugify
 
 from opsportal.accounts import services
-from opsportal.accounts.models import Membership, Role, Team
+from opsportal.accounts.models import Role, Team
 from opsportal.accounts.permissions import mutation, require_role, role_on, visible_teams
 
 
@@ -102,19 +102,28 @@ def team_detail(request: HttpRequest, slug: str, form: MemberForm | None = None)
     )
 
 
-@mutation(Role.ADMIN)
-def member_add(request: HttpRequest, slug: str) -> HttpResponse:
+def _team_for_admin(request: HttpRequest, slug: str) -> Team:
     team = get_object_or_404(visible_teams(request.user), slug=slug)
     require_role(request.user, team, Role.ADMIN)
+    return team
+
+
+@mutation(Role.ADMIN)
+def member_add(request: HttpRequest, slug: str) -> HttpResponse:
+    team = _team_for_admin(request, slug)
     form = MemberForm(request.POST)
     if not form.is_valid():
         response = team_detail(request, slug, form=form)
         response.status_code = 400
         return response
     user = form.cleaned_data["email"]
-    membership, created = Membership.objects.update_or_create(
-        team=team, user=user, defaults={"role": form.cleaned_data["role"]}
-    )
+    try:
+        membership, created = services.member_add(
+            team=team, user=user, role=form.cleaned_data["role"], actor=request.user
+        )
+    except services.LastAdmin as exc:
+        messages.error(request, exc.message)
+        return HttpResponseRedirect(team.get_absolute_url())
     verb = "added" if created else "updated"
     messages.success(request, f"{user.get_username()} {verb} as {membership.get_role_display()}.")
     return HttpResponseRedirect(team.get_absolute_url())
@@ -122,36 +131,31 @@ def member_add(request: HttpRequest, slug: str) -> HttpResponse:
 
 @mutation(Role.ADMIN)
 def member_update(request: HttpRequest, slug: str, member_id: int) -> HttpResponse:
-    team = get_object_or_404(visible_teams(request.user), slug=slug)
-    require_role(request.user, team, Role.ADMIN)
+    team = _team_for_admin(request, slug)
     membership = get_object_or_404(team.memberships, pk=member_id)
     form = RoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose viewer, operator or admin.")
         return HttpResponseRedirect(team.get_absolute_url())
-    if _would_remove_last_admin(team, membership, form.cleaned_data["role"]):
-        messages.error(request, "A team keeps at least one admin.")
+    try:
+        services.member_change(
+            membership=membership, role=form.cleaned_data["role"], actor=request.user
+        )
+    except services.LastAdmin as exc:
+        messages.error(request, exc.message)
         return HttpResponseRedirect(team.get_absolute_url())
-    membership.role = form.cleaned_data["role"]
-    membership.save(update_fields=["role"])
     messages.success(request, f"{membership.user.get_username()} is now {membership.role}.")
     return HttpResponseRedirect(team.get_absolute_url())
 
 
 @mutation(Role.ADMIN)
 def member_remove(request: HttpRequest, slug: str, member_id: int) -> HttpResponse:
-    team = get_object_or_404(visible_teams(request.user), slug=slug)
-    require_role(request.user, team, Role.ADMIN)
+    team = _team_for_admin(request, slug)
     membership = get_object_or_404(team.memberships, pk=member_id)
-    if _would_remove_last_admin(team, membership, None):
-        messages.error(request, "A team keeps at least one admin.")
+    try:
+        services.member_remove(membership=membership, actor=request.user)
+    except services.LastAdmin as exc:
+        messages.error(request, exc.message)
         return HttpResponseRedirect(team.get_absolute_url())
-    membership.delete()
     messages.success(request, f"{membership.user.get_username()} removed from {team.name}.")
     return HttpResponseRedirect(team.get_absolute_url())
-
-
-def _would_remove_last_admin(team: Team, membership: Membership, new_role: str | None) -> bool:
-    if membership.role != Role.ADMIN or new_role == Role.ADMIN:
-        return False
-    return not team.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk).exists()

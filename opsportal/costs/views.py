@@ -12,13 +12,14 @@ from django.utils import timezone
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import mutation, require_role, visible_teams
+from opsportal.core.audit import audit_record
 from opsportal.core.forms import plain_selects
+from opsportal.core.htmx import partial_or_page
 from opsportal.costs import quota as quotas
 from opsportal.costs.models import Budget, CostDaily
 from opsportal.costs.selectors import cost_overview, meter_days
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint, MarketplaceSubscription
-from opsportal.jobs.services import audit_record
 
 
 class CostFilterForm(forms.Form):
@@ -66,12 +67,8 @@ def _overview(request: HttpRequest) -> tuple[CostFilterForm, Any]:
 
 def costs_overview(request: HttpRequest) -> HttpResponse:
     form, overview = _overview(request)
-    template = "costs/overview.html#results" if request.htmx else "costs/overview.html"
-    return render(
-        request,
-        template,
-        {"form": form, "o": overview, "query": request.GET.urlencode()},
-    )
+    context = {"form": form, "o": overview, "query": request.GET.urlencode()}
+    return partial_or_page(request, "costs/overview.html", "results", context)
 
 
 def _csv(filename: str) -> tuple[HttpResponse, Any]:

@@ -1,9 +1,10 @@
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import has_role, mutation, require_role, role_on
+from opsportal.core.htmx import redirect
 from opsportal.deployments.changes import (
     MAX_INSTANCES,
     ChangeRefused,
@@ -16,15 +17,6 @@ from opsportal.deployments.services import delete_request, delete_running, deplo
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
 from opsportal.jobs.models import Job
-
-
-def redirect(request: HttpRequest, url: str) -> HttpResponse:
-    """A redirect that htmx follows as a page load."""
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return HttpResponseRedirect(url)
 
 
 def deploy_new(request: HttpRequest) -> HttpResponse:

@@ -108,7 +108,7 @@ def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: A
 def workspace_team_set(*, workspace: Workspace, team: Team | None, user: Any) -> Workspace:
     """A superuser's choice of team for a synced workspace; None hands it back to the Azure tag
     (the next sync applies it)."""
-    from opsportal.jobs.services import audit_record
+    from opsportal.core.audit import audit_record
 
     source = Workspace.TeamSource.MANUAL if team else Workspace.TeamSource.NONE
     with transaction.atomic():

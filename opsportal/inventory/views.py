@@ -3,29 +3,20 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
-from django.utils.cache import patch_vary_headers
 
 from opsportal.accounts.models import Role, Team
 from opsportal.accounts.permissions import mutation, role_on
 from opsportal.core.forms import plain_selects
+from opsportal.core.htmx import partial_or_page
+from opsportal.core.lists import query_of
 from opsportal.costs.quota import endpoint_quotas
 from opsportal.inventory import selectors, services
 from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
 from opsportal.jobs.models import Job
 from opsportal.jobs.selectors import visible_jobs
 from opsportal.jobs.services import job_create
-
-
-def partial_or_page(
-    request: HttpRequest, template: str, partial: str, context: dict
-) -> HttpResponse:
-    """htmx swaps get the named partial; plain loads and history restores get the page."""
-    wants_partial = request.htmx and not request.htmx.history_restore_request
-    response = render(request, f"{template}#{partial}" if wants_partial else template, context)
-    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
-    return response
 
 
 def accounts_list(request: HttpRequest) -> HttpResponse:
@@ -155,16 +146,12 @@ def endpoints_list(request: HttpRequest) -> HttpResponse:
         selectors.endpoints_filtered(request.user, filters), settings.OPSPORTAL_PAGE_SIZE
     )
     page = paginator.get_page(request.GET.get("page"))
-    # Pagination links carry the filters that are set, nothing else.
-    query = QueryDict(mutable=True)
-    for key, value in request.GET.items():
-        if value and key != "page":
-            query[key] = value
+    query = query_of(request)
     return partial_or_page(
         request,
         "inventory/endpoints.html",
         "results",
-        {"form": form, "selects": form.selects(), "page": page, "query": query.urlencode()},
+        {"form": form, "selects": form.selects(), "page": page, "query": query},
     )
 
 

@@ -2,7 +2,8 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 
 from opsportal.accounts.permissions import team_ids_for
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.core.models import AuditEvent
+from opsportal.jobs.models import Job
 
 User = AbstractBaseUser | AnonymousUser
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -21,7 +22,9 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.core.audit import audit_record
+from opsportal.core.models import AuditEvent
+from opsportal.jobs.models import Job
 from opsportal.providers.base import ProviderError, WorkspaceBackend, for_workspace
 
 log = logging.getLogger("opsportal.jobs")
@@ -57,7 +60,6 @@ def runner(kind: str) -> Callable[[Callable[["JobRecorder"], None]], Callable]:
 def job_create(
     *,
     kind: str,
-    task: Any = None,
     target_label: str = "",
     requested_by: Any = None,
     workspace: Any = None,
@@ -68,8 +70,6 @@ def job_create(
     """The job row, and its task enqueued once the surrounding transaction commits.
 
     `params` must never hold a secret: it is shown on the job page and re-used by a retry."""
-    if task is None:
-        from opsportal.jobs.tasks import job_run as task
     job = Job.objects.create(
         kind=kind,
         target_label=target_label,
@@ -79,8 +79,17 @@ def job_create(
         params=params or {},
         retry_of=retry_of,
     )
-    transaction.on_commit(lambda: task.delay(job.pk))
+    transaction.on_commit(lambda: job_enqueue(job.pk))
     return job
+
+
+JOB_TASK = "opsportal.jobs.tasks.job_run"
+
+
+def job_enqueue(job_id: int) -> None:
+    """Hand a job to the workers: only its id travels. The task is found by its name in the
+    Celery app's registry (its module imports this one)."""
+    current_app.tasks[JOB_TASK].delay(job_id)
 
 
 def job_request(*, action: str, detail: str = "", **job: Any) -> Job:
@@ -148,49 +157,6 @@ def job_retry(*, job: Job, user: Any) -> Job:
         correlation_id=new.correlation_id,
     )
     return new
-
-
-# --- audit -----------------------------------------------------------------------------------
-
-
-def audit_record(
-    *,
-    actor: Any,
-    action: str,
-    object_type: str,
-    object_label: str,
-    workspace: Any = None,
-    endpoint: Any = None,
-    job: Job | None = None,
-    result: str = AuditEvent.Result.OK,
-    detail: str = "",
-    correlation_id: Any = None,
-) -> AuditEvent:
-    user = actor if getattr(actor, "is_authenticated", False) else None
-    event = AuditEvent.objects.create(
-        actor=user,
-        actor_label=user.get_username()
-        if user
-        else (actor if isinstance(actor, str) else "schedule"),
-        action=action,
-        object_type=object_type,
-        object_label=object_label[:300],
-        workspace=workspace,
-        endpoint=endpoint,
-        job=job,
-        result=result,
-        detail=detail,
-        correlation_id=correlation_id,
-    )
-    log.info(
-        "audit action=%s object=%s result=%s actor=%s correlation_id=%s",
-        action,
-        object_label,
-        result,
-        event.actor_label,
-        correlation_id or "-",
-    )
-    return event
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -448,8 +414,6 @@ def _cancel_note(job: Job) -> str:
 def jobs_reap(*, stale_after: float | None = None, lost_after: float | None = None) -> list[int]:
     """Re-queue jobs whose worker died (heartbeat stopped) and pending jobs whose message was
     lost; give up on a job after OPSPORTAL_JOB_MAX_ATTEMPTS workers died running it."""
-    from opsportal.jobs.tasks import job_run
-
     stale_after = settings.OPSPORTAL_JOB_STALE_SECONDS if stale_after is None else stale_after
     lost_after = settings.OPSPORTAL_JOB_LOST_SECONDS if lost_after is None else lost_after
     now = timezone.now()
@@ -475,6 +439,6 @@ def jobs_reap(*, stale_after: float | None = None, lost_after: float | None = No
             recorder.step(job.progress, "The worker running this job stopped; queueing it again.")
         # Pending again, with the time it was queued: the next worker claims it from here.
         Job.objects.filter(pk=job.pk).update(status=Job.Status.PENDING, heartbeat_at=now)
-        job_run.delay(job.pk)
+        job_enqueue(job.pk)
         requeued.append(job.pk)
     return requeued

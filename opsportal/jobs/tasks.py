@@ -14,10 +14,3 @@ def job_run(job_id: int) -> str:
 @shared_task
 def jobs_reap_scheduled() -> list[int]:
     return jobs_reap()
-
-
-@shared_task
-def rotations_due() -> list[int]:
-    from opsportal.keys.services import rotations_due_start
-
-    return rotations_due_start()

@@ -1,25 +1,16 @@
 from django import forms
-from django.conf import settings
-from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import has_role, mutation, require_role
-from opsportal.deployments.views import redirect
-from opsportal.jobs.models import AuditEvent, Job
+from opsportal.core.htmx import partial_or_page, redirect
+from opsportal.core.lists import listing
+from opsportal.core.models import AuditEvent
+from opsportal.jobs.models import Job
 from opsportal.jobs.selectors import visible_audit_events, visible_jobs
 from opsportal.jobs.services import job_cancel, job_retry
-
-
-def _query(request: HttpRequest) -> str:
-    """The filters that are set, for pagination links."""
-    query = QueryDict(mutable=True)
-    for key, value in request.GET.items():
-        if value and key != "page":
-            query[key] = value
-    return query.urlencode()
 
 
 class JobFilterForm(forms.Form):
@@ -28,28 +19,23 @@ class JobFilterForm(forms.Form):
     target = forms.CharField(required=False, max_length=100, label="Target")
     user = forms.CharField(required=False, max_length=150, label="Requested by")
 
-    def __init__(self, *args, kinds: list[str], **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, label_suffix="", **kwargs)
-        self.fields["kind"].choices = [("", "Any kind"), *[(k, k) for k in kinds]]
+        self.fields["kind"].choices = [("", "Any kind"), *Job.Kind.choices]
+
+
+JOB_LOOKUPS = {
+    "kind": "kind",
+    "status": "status",
+    "target": "target_label__icontains",
+    "user": "requested_by__username__icontains",
+}
 
 
 def jobs_list(request: HttpRequest) -> HttpResponse:
-    jobs = visible_jobs(request.user)
-    kinds = sorted(set(Job.objects.values_list("kind", flat=True).distinct()))
-    form = JobFilterForm(request.GET or None, kinds=kinds)
-    if form.is_bound and form.is_valid():
-        data = form.cleaned_data
-        if data["kind"]:
-            jobs = jobs.filter(kind=data["kind"])
-        if data["status"]:
-            jobs = jobs.filter(status=data["status"])
-        if data["target"]:
-            jobs = jobs.filter(target_label__icontains=data["target"])
-        if data["user"]:
-            jobs = jobs.filter(requested_by__username__icontains=data["user"])
-    page = Paginator(jobs, settings.OPSPORTAL_PAGE_SIZE).get_page(request.GET.get("page"))
-    template = "jobs/jobs.html#results" if request.htmx else "jobs/jobs.html"
-    return render(request, template, {"page": page, "form": form, "query": _query(request)})
+    form = JobFilterForm(request.GET or None)
+    found = listing(request, visible_jobs(request.user), form, JOB_LOOKUPS)
+    return partial_or_page(request, "jobs/jobs.html", "results", found.context())
 
 
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -100,21 +86,16 @@ class AuditFilterForm(forms.Form):
         super().__init__(*args, label_suffix="", **kwargs)
 
 
+AUDIT_LOOKUPS = {
+    "q": "object_label__icontains",
+    "action": "action__startswith",
+    "actor": "actor_label__icontains",
+    "result": "result",
+    "correlation_id": "correlation_id",
+}
+
+
 def audit_list(request: HttpRequest) -> HttpResponse:
-    events = visible_audit_events(request.user)
     form = AuditFilterForm(request.GET or None)
-    if form.is_bound and form.is_valid():
-        data = form.cleaned_data
-        if data["q"]:
-            events = events.filter(object_label__icontains=data["q"])
-        if data["action"]:
-            events = events.filter(action__startswith=data["action"])
-        if data["actor"]:
-            events = events.filter(actor_label__icontains=data["actor"])
-        if data["result"]:
-            events = events.filter(result=data["result"])
-        if data["correlation_id"]:
-            events = events.filter(correlation_id=data["correlation_id"])
-    page = Paginator(events, settings.OPSPORTAL_PAGE_SIZE).get_page(request.GET.get("page"))
-    template = "jobs/audit.html#results" if request.htmx else "jobs/audit.html"
-    return render(request, template, {"page": page, "form": form, "query": _query(request)})
+    found = listing(request, visible_audit_events(request.user), form, AUDIT_LOOKUPS)
+    return partial_or_page(request, "jobs/audit.html", "results", found.context())

@@ -6,9 +6,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from opsportal.core.audit import audit_record
 from opsportal.inventory.models import Endpoint, ProvisioningState
 from opsportal.jobs.models import Job
-from opsportal.jobs.services import audit_record, job_request
+from opsportal.jobs.services import job_request
 from opsportal.keys.models import RotationSchedule, SecretVersion
 from opsportal.keys.store import secret_latest_by_slot, secret_publish, secret_value
 from opsportal.providers import for_workspace

@@ -14,11 +14,11 @@ from opsportal.accounts.permissions import (
     role_on,
     team_ids_with_role,
 )
-from opsportal.deployments.views import redirect
+from opsportal.core.htmx import redirect
+from opsportal.core.models import AuditEvent
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
 from opsportal.inventory.scoring import is_score
-from opsportal.jobs.models import AuditEvent
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.services import (
     key_reveal,
