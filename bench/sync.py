@@ -142,7 +142,7 @@ def main() -> None:
     from django.core.management import call_command
 
     from opsportal.inventory.models import Endpoint
-    from opsportal.inventory.sync import inventory_sync_azure
+    from opsportal.sync.services import inventory_sync_azure
 
     call_command("migrate", verbosity=0)
     arm = SimulatedArm(args.latency_ms / 1000)

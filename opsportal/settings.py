@@ -75,6 +75,9 @@ INSTALLED_APPS = [
     "opsportal.deployments",
     "opsportal.keys",
     "opsportal.costs",
+    "opsportal.sync",
+    "opsportal.console",
+    # The Azure emulator (manage.py azure_emulator); nothing in the console imports it.
     "opsportal.emulator",
 ]
 
@@ -237,7 +240,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "azure-costs": {"task": "opsportal.costs.tasks.azure_costs_scheduled", "schedule": 1800.0},
     # A no-op unless Azure is configured (see opsportal.providers.azure.azure_configuration).
     "azure-sync": {
-        "task": "opsportal.inventory.tasks.azure_sync_scheduled",
+        "task": "opsportal.sync.tasks.azure_sync_scheduled",
         "schedule": 60.0 * float(os.environ.get("AZURE_SYNC_INTERVAL_MINUTES", "30")),
     },
 }

@@ -2,17 +2,18 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from opsportal.accounts import views as accounts
 from opsportal.chat import views as chat
+from opsportal.console import views as console
 from opsportal.core import views as core
 from opsportal.costs import views as costs
 from opsportal.deployments import views as deployments
 from opsportal.inventory import views as inventory
 from opsportal.jobs import views as jobs
 from opsportal.keys import views as keys
+from opsportal.sync import views as sync
 
 urlpatterns = [
-    path("", core.dashboard, name="dashboard"),
+    path("", console.dashboard, name="dashboard"),
     path("healthz", core.healthz, name="healthz"),
     path("readyz", core.readyz, name="readyz"),
     path(
@@ -21,27 +22,27 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("accounts/", inventory.accounts_list, name="accounts"),
-    path("accounts/azure-sync/", inventory.azure_sync_start, name="azure_sync_start"),
+    path("accounts/", sync.accounts_list, name="accounts"),
+    path("accounts/azure-sync/", sync.azure_sync_start, name="azure_sync_start"),
     path("workspaces/", inventory.workspaces_list, name="workspaces"),
-    path("workspaces/<int:pk>/", inventory.workspace_detail, name="workspace_detail"),
+    path("workspaces/<int:pk>/", console.workspace_detail, name="workspace_detail"),
     path("workspaces/<int:pk>/team/", inventory.workspace_team, name="workspace_team"),
     path("endpoints/", inventory.endpoints_list, name="endpoints"),
-    path("endpoints/<int:pk>/", inventory.endpoint_detail, name="endpoint_detail"),
+    path("endpoints/<int:pk>/", console.endpoint_detail, name="endpoint_detail"),
     path("offerings/", inventory.offerings_list, name="offerings"),
     path("offerings/<slug:slug>/", inventory.offering_detail, name="offering_detail"),
-    path("teams/", accounts.teams_list, name="teams"),
-    path("teams/new/", accounts.team_create, name="team_create"),
-    path("teams/<slug:slug>/", accounts.team_detail, name="team_detail"),
-    path("teams/<slug:slug>/members/", accounts.member_add, name="member_add"),
+    path("teams/", console.teams_list, name="teams"),
+    path("teams/new/", console.team_create, name="team_create"),
+    path("teams/<slug:slug>/", console.team_detail, name="team_detail"),
+    path("teams/<slug:slug>/members/", console.member_add, name="member_add"),
     path(
         "teams/<slug:slug>/members/<int:member_id>/",
-        accounts.member_update,
+        console.member_update,
         name="member_update",
     ),
     path(
         "teams/<slug:slug>/members/<int:member_id>/remove/",
-        accounts.member_remove,
+        console.member_remove,
         name="member_remove",
     ),
     path("endpoints/<int:pk>/chat/", chat.turn_create, name="chat_turn_create"),

@@ -16,8 +16,8 @@ from opsportal.inventory.models import (
     VmSize,
     Workspace,
 )
-from opsportal.inventory.sync import TokenBucket, inventory_sync_azure
 from opsportal.jobs.models import Job
+from opsportal.sync.services import TokenBucket, inventory_sync_azure
 from tests.azure_support import ARM, SUB, FakeCredential, example, url, without_next_link
 
 WS_PATH = f"{ARM}/subscriptions/{SUB}/providers/Microsoft.MachineLearningServices/workspaces"

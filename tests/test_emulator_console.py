@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from opsportal.costs.models import CostDaily
 from opsportal.costs.services import azure_costs_pull
-from opsportal.deployments.probe import endpoint_probe
+from opsportal.dataplane.probe import endpoint_probe
 from opsportal.emulator.world import PAID_SUBSCRIPTION, TRIAL_SUBSCRIPTION
 from opsportal.inventory.models import (
     CloudAccount,
@@ -22,13 +22,13 @@ from opsportal.inventory.models import (
     VmSize,
     Workspace,
 )
-from opsportal.inventory.sync import inventory_sync_azure
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_execute
 from opsportal.keys.models import SecretVersion
 from opsportal.keys.store import keyvault_client, keyvault_secret_name, secret_value
 from opsportal.providers import azure_cloud, for_workspace
 from opsportal.providers.azure import AzureProvider
+from opsportal.sync.services import inventory_sync_azure
 from tests.emulator_support import RunningEmulator, emulator_fresh, running_emulator
 
 LLAMA_SLUG = "meta-llama-3-8b-instruct"

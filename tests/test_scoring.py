@@ -5,7 +5,7 @@ import pytest
 
 from opsportal.chat.forms import ChatForm
 from opsportal.chat.services import curl_command
-from opsportal.inventory.scoring import endpoint_url, score_as_chat, score_body, score_text
+from opsportal.dataplane.scoring import endpoint_url, score_as_chat, score_body, score_text
 from tests.factories import EndpointFactory, offering
 
 SCORE_URI = "https://ep-llama.eastus2.inference.ml.azure.com/score"

@@ -5,8 +5,8 @@ from typing import Any
 
 from django import forms
 
+from opsportal.dataplane.scoring import SCORE, SCORE_PARAMETERS, is_score, score_body
 from opsportal.inventory.models import Endpoint
-from opsportal.inventory.scoring import SCORE, SCORE_PARAMETERS, is_score, score_body
 from opsportal.runtime import api
 
 TRISTATE = [("", "Family default"), ("true", "true"), ("false", "false")]

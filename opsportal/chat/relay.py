@@ -21,7 +21,7 @@ from django.template.loader import render_to_string
 
 from opsportal.chat.models import ChatTurn
 from opsportal.chat.services import RelayTarget
-from opsportal.inventory.scoring import SCORE, score_as_chat
+from opsportal.dataplane.scoring import SCORE, score_as_chat
 from opsportal.providers import azure_cloud
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (

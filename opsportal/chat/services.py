@@ -11,8 +11,8 @@ from django.db.models import QuerySet
 
 from opsportal.chat.forms import ChatForm
 from opsportal.chat.models import ChatTurn
+from opsportal.dataplane.scoring import endpoint_url
 from opsportal.inventory.models import Endpoint
-from opsportal.inventory.scoring import endpoint_url
 from opsportal.keys.store import secret_current, secret_value
 from opsportal.providers import ProviderError, for_workspace
 

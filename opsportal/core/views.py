@@ -1,26 +1,9 @@
 from django.contrib.auth.decorators import login_not_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from opsportal.core import health
-from opsportal.costs.selectors import budget_statuses
-from opsportal.inventory import selectors as inventory
-from opsportal.jobs.selectors import recent_jobs
-
-
-def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "core/dashboard.html",
-        {
-            "counts": inventory.dashboard_counts(request.user),
-            "attention": inventory.endpoints_needing_attention(request.user),
-            "jobs": recent_jobs(request.user, limit=10),
-            "budgets": budget_statuses(user=request.user),
-        },
-    )
 
 
 @login_not_required

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from opsportal.deployments.probe import endpoint_probe
+from opsportal.dataplane.probe import endpoint_probe
 from opsportal.inventory.models import (
     Endpoint,
     MarketplaceSubscription,

@@ -2,51 +2,16 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 
 from opsportal.accounts.models import Role, Team
-from opsportal.accounts.permissions import mutation, role_on
+from opsportal.accounts.permissions import mutation
 from opsportal.core.forms import plain_selects
 from opsportal.core.htmx import partial_or_page
 from opsportal.core.lists import query_of
-from opsportal.costs.quota import endpoint_quotas
 from opsportal.inventory import selectors, services
 from opsportal.inventory.models import Endpoint, Offering, ProvisioningState
-from opsportal.jobs.models import Job
-from opsportal.jobs.selectors import visible_jobs
-from opsportal.jobs.services import job_create
-
-
-def accounts_list(request: HttpRequest) -> HttpResponse:
-    from opsportal.providers.azure import azure_configuration
-
-    configured, how = azure_configuration()
-    return render(
-        request,
-        "inventory/accounts.html",
-        {
-            "accounts": selectors.accounts_with_counts(request.user),
-            "azure_configured": configured,
-            "azure_how": how,
-            "last_sync": Job.objects.filter(kind=Job.Kind.AZURE_SYNC).first(),
-        },
-    )
-
-
-@mutation(Role.ADMIN)
-def azure_sync_start(request: HttpRequest) -> HttpResponse:
-    """Sync every Azure subscription now (it spans all teams: superusers only)."""
-    if not request.user.is_superuser:
-        raise PermissionDenied("Syncing all Azure subscriptions needs a superuser.")
-    with transaction.atomic():
-        job = job_create(
-            kind=Job.Kind.AZURE_SYNC,
-            requested_by=request.user,
-            target_label="all Azure subscriptions",
-        )
-    return HttpResponseRedirect(job.get_absolute_url())
 
 
 def workspaces_list(request: HttpRequest) -> HttpResponse:
@@ -71,31 +36,6 @@ def workspace_team(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("No such team.")
     services.workspace_team_set(workspace=workspace, team=team, user=request.user)
     return HttpResponseRedirect(workspace.get_absolute_url())
-
-
-def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    workspace = get_object_or_404(
-        selectors.visible_workspaces(request.user).select_related("account", "team"), pk=pk
-    )
-    return render(
-        request,
-        "inventory/workspace_detail.html",
-        {
-            "workspace": workspace,
-            "subscriptions": selectors.workspace_subscriptions(workspace),
-            "endpoints": selectors.workspace_endpoints(workspace),
-            "role": role_on(request.user, workspace.team_id),
-            "teams": Team.objects.order_by("name") if request.user.is_superuser else [],
-            "team_tag": settings.OPSPORTAL_TEAM_TAG,
-            "quotas": endpoint_quotas(
-                list(
-                    workspace.endpoints.filter(kind="serverless", deleted_at__isnull=True)
-                    .select_related("workspace", "offering")
-                    .order_by("name")[:50]
-                )
-            ),
-        },
-    )
 
 
 class EndpointFilterForm(forms.Form):
@@ -153,51 +93,6 @@ def endpoints_list(request: HttpRequest) -> HttpResponse:
         "results",
         {"form": form, "selects": form.selects(), "page": page, "query": query},
     )
-
-
-ENDPOINT_TABS = [
-    ("overview", "Overview"),
-    ("keys", "Keys"),
-    ("jobs", "Jobs"),
-    ("usage", "Usage & cost"),
-    ("chat", "Test chat"),
-]
-
-
-def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = get_object_or_404(
-        selectors.visible_endpoints(request.user).select_related(
-            "workspace", "workspace__account", "workspace__team", "offering"
-        ),
-        pk=pk,
-    )
-    tab = request.GET.get("tab", "overview")
-    if tab not in dict(ENDPOINT_TABS):
-        tab = "overview"
-    context = {
-        "endpoint": endpoint,
-        "tab": tab,
-        "tabs": ENDPOINT_TABS,
-        "role": role_on(request.user, endpoint.workspace.team_id),
-    }
-    if tab == "overview":
-        context["deployments"] = endpoint.deployments.filter(deleted_at__isnull=True)
-    elif tab == "jobs":
-        context["jobs"] = visible_jobs(request.user).filter(endpoint=endpoint)[:50]
-    elif tab == "chat":
-        from opsportal.chat.views import tab_context
-
-        context.update(tab_context(request, endpoint))
-    elif tab == "keys":
-        from opsportal.keys.views import keys_context
-
-        context.update(keys_context(request, endpoint))
-    elif tab == "usage":
-        from opsportal.costs.views import endpoint_cost_context
-
-        context["requests"] = endpoint.usage_records.order_by("-created_at", "-pk")[:50]
-        context.update(endpoint_cost_context(endpoint))
-    return partial_or_page(request, "inventory/endpoint_detail.html", "tab", context)
 
 
 def offerings_list(request: HttpRequest) -> HttpResponse:

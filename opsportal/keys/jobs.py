@@ -7,7 +7,7 @@ A cancel is honoured only before a slot starts, never between its regenerate and
 
 from django.utils import timezone
 
-from opsportal.deployments.probe import endpoint_probe
+from opsportal.dataplane.probe import endpoint_probe
 from opsportal.inventory.models import Endpoint
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, runner

@@ -16,9 +16,9 @@ from opsportal.accounts.permissions import (
 )
 from opsportal.core.htmx import redirect
 from opsportal.core.models import AuditEvent
+from opsportal.dataplane.scoring import is_score
 from opsportal.inventory import selectors
 from opsportal.inventory.models import Endpoint
-from opsportal.inventory.scoring import is_score
 from opsportal.keys.models import KeySlot, RotationSchedule
 from opsportal.keys.services import (
     key_reveal,

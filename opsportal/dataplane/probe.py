@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import requests
 from django.conf import settings
 
-from opsportal.inventory.scoring import endpoint_url, is_score, score_body, score_text
+from opsportal.dataplane.scoring import endpoint_url, is_score, score_body, score_text
 from opsportal.providers import azure_cloud
 from opsportal.providers.base import ErrorCode, ProviderError
 
@@ -29,7 +29,7 @@ def probe_url(scoring_uri: str, routes: list[str] | None = None) -> str:
 
 def endpoint_probe(*, scoring_uri: str, key: str, routes: list[str] | None = None) -> ProbeResult:
     """Raises ProviderError in plain words; retryable when waiting can help. A managed online
-    endpoint is called in its /score contract (opsportal.inventory.scoring)."""
+    endpoint is called in its /score contract (opsportal.dataplane.scoring)."""
     url = probe_url(scoring_uri, routes)
     score = is_score(scoring_uri)
     body = score_body(PROBE_BODY) if score else PROBE_BODY

@@ -1,4 +1,4 @@
-"""Beat's entry for the inventory sync; the sync itself is a job (opsportal.inventory.jobs)."""
+"""Beat's entry for the inventory sync; the sync itself is a job (opsportal.sync.jobs)."""
 
 from celery import shared_task
 

@@ -1,4 +1,7 @@
+from typing import Any
+
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -10,6 +13,15 @@ from django.utils.text import slugify
 from opsportal.accounts import services
 from opsportal.accounts.models import Role, Team
 from opsportal.accounts.permissions import mutation, require_role, role_on, visible_teams
+from opsportal.chat.views import tab_context as chat_context
+from opsportal.core.htmx import partial_or_page
+from opsportal.costs.quota import endpoint_quotas
+from opsportal.costs.selectors import budget_statuses
+from opsportal.costs.views import BudgetForm, endpoint_cost_context
+from opsportal.inventory import selectors
+from opsportal.inventory.models import Endpoint
+from opsportal.jobs.selectors import recent_jobs, visible_jobs
+from opsportal.keys.views import keys_context
 
 
 class TeamForm(forms.Form):
@@ -83,8 +95,6 @@ class RoleForm(forms.Form):
 
 
 def team_detail(request: HttpRequest, slug: str, form: MemberForm | None = None) -> HttpResponse:
-    from opsportal.costs.views import BudgetForm
-
     team = get_object_or_404(visible_teams(request.user), slug=slug)
     members = team.memberships.select_related("user").order_by("user__username")
     return render(
@@ -159,3 +169,83 @@ def member_remove(request: HttpRequest, slug: str, member_id: int) -> HttpRespon
         return HttpResponseRedirect(team.get_absolute_url())
     messages.success(request, f"{membership.user.get_username()} removed from {team.name}.")
     return HttpResponseRedirect(team.get_absolute_url())
+
+
+# --- pages that bring several apps together ---------------------------------------------------
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "core/dashboard.html",
+        {
+            "counts": selectors.dashboard_counts(request.user),
+            "attention": selectors.endpoints_needing_attention(request.user),
+            "jobs": recent_jobs(request.user, limit=10),
+            "budgets": budget_statuses(user=request.user),
+        },
+    )
+
+
+def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    workspace = get_object_or_404(
+        selectors.visible_workspaces(request.user).select_related("account", "team"), pk=pk
+    )
+    serverless = selectors.workspace_endpoints(workspace).filter(kind=Endpoint.Kind.SERVERLESS)
+    return render(
+        request,
+        "inventory/workspace_detail.html",
+        {
+            "workspace": workspace,
+            "subscriptions": selectors.workspace_subscriptions(workspace),
+            "endpoints": selectors.workspace_endpoints(workspace),
+            "role": role_on(request.user, workspace.team_id),
+            "teams": Team.objects.order_by("name") if request.user.is_superuser else [],
+            "team_tag": settings.OPSPORTAL_TEAM_TAG,
+            "quotas": endpoint_quotas(list(serverless.select_related("workspace")[:50])),
+        },
+    )
+
+
+def _overview_tab(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
+    return {"deployments": endpoint.deployments.filter(deleted_at__isnull=True)}
+
+
+def _jobs_tab(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
+    return {"jobs": visible_jobs(request.user).filter(endpoint=endpoint)[:50]}
+
+
+def _usage_tab(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
+    return {
+        "requests": endpoint.usage_records.order_by("-created_at", "-pk")[:50],
+        **endpoint_cost_context(endpoint),
+    }
+
+
+# The endpoint page's tabs, each filled by the app it belongs to.
+ENDPOINT_TABS = {
+    "overview": ("Overview", _overview_tab),
+    "keys": ("Keys", keys_context),
+    "jobs": ("Jobs", _jobs_tab),
+    "usage": ("Usage & cost", _usage_tab),
+    "chat": ("Test chat", chat_context),
+}
+
+
+def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    endpoint = get_object_or_404(
+        selectors.visible_endpoints(request.user).select_related(
+            "workspace", "workspace__account", "workspace__team", "offering"
+        ),
+        pk=pk,
+    )
+    tab = request.GET.get("tab", "overview")
+    tab = tab if tab in ENDPOINT_TABS else "overview"
+    context = {
+        "endpoint": endpoint,
+        "tab": tab,
+        "tabs": [(key, value[0]) for key, value in ENDPOINT_TABS.items()],
+        "role": role_on(request.user, endpoint.workspace.team_id),
+        **ENDPOINT_TABS[tab][1](request, endpoint),
+    }
+    return partial_or_page(request, "inventory/endpoint_detail.html", "tab", context)

@@ -1,11 +1,11 @@
 """The Azure inventory sync as a job, like every other background action: claimed, kept alive
 by its heartbeat, re-queued by the reaper if its worker dies, cancellable between steps."""
 
-from opsportal.inventory.sync import configured_subscription_ids, inventory_sync_azure
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, runner
 from opsportal.providers import azure
 from opsportal.providers.base import ErrorCode, ProviderError
+from opsportal.sync.services import configured_subscription_ids, inventory_sync_azure
 
 
 @runner(Job.Kind.AZURE_SYNC)
