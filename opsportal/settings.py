@@ -238,7 +238,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         ),
     },
     "azure-costs": {"task": "opsportal.costs.tasks.azure_costs_scheduled", "schedule": 1800.0},
-    # A no-op unless Azure is configured (see opsportal.providers.azure.azure_configuration).
+    # A no-op unless Azure is configured (see opsportal.providers.azure_cloud.configured).
     "azure-sync": {
         "task": "opsportal.sync.tasks.azure_sync_scheduled",
         "schedule": 60.0 * float(os.environ.get("AZURE_SYNC_INTERVAL_MINUTES", "30")),
@@ -288,6 +288,12 @@ OPSPORTAL_JOB_POLL_SECONDS = float(os.environ.get("OPSPORTAL_JOB_POLL_SECONDS", 
 OPSPORTAL_DEPLOY_TIMEOUT = float(os.environ.get("OPSPORTAL_DEPLOY_TIMEOUT", "3600"))
 # The smoke test and rotation's key check: one short chat call each.
 OPSPORTAL_PROBE_TIMEOUT = float(os.environ.get("OPSPORTAL_PROBE_TIMEOUT", "60"))
+# The back end of each kind of workspace (Workspace.provider): a class taking (workspace, *,
+# correlation_id, note), imported on first use (opsportal.providers.base.for_workspace).
+OPSPORTAL_PROVIDERS = {
+    "azure": "opsportal.providers.azure.AzureProvider",
+    "local": "opsportal.providers.local.LocalProvider",
+}
 # Optional Azure Key Vault for published endpoint keys (https://<vault>.vault.azure.net).
 OPSPORTAL_KEYVAULT_URL = os.environ.get("OPSPORTAL_KEYVAULT_URL", "").strip()
 # Cost Management is throttled per tenant: pull each subscription at most this often.

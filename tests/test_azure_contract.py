@@ -7,12 +7,9 @@ import responses
 
 from opsportal.inventory.models import CloudAccount, Endpoint, Workspace
 from opsportal.providers import ProviderError
-from opsportal.providers.azure import (
-    AzureProvider,
-    subscriptions_list,
-    translate,
-    workspaces_list,
-)
+from opsportal.providers.azure import AzureProvider
+from opsportal.providers.azure_arm import subscriptions_list, workspaces_list
+from opsportal.providers.azure_errors import translate
 from opsportal.providers.base import (
     CoreUsage,
     EndpointInfo,

@@ -19,7 +19,6 @@ from opsportal.inventory.models import CloudAccount, Endpoint, MarketplaceSubscr
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import jobs_reap
 from opsportal.keys.store import secret_current, secret_value
-from opsportal.providers import azure as azure_provider
 from opsportal.providers import azure_cloud, for_workspace
 from tests.conftest import client_for
 from tests.emulator_support import emulator_fresh, emulator_world, running_emulator
@@ -99,7 +98,7 @@ class Console:
 @pytest.fixture
 def console(emulator, monkeypatch, settings, transactional_db, catalog):
     azure = emulator_fresh(emulator, monkeypatch, settings)
-    monkeypatch.setattr(azure_provider, "CLIENT_DEFAULTS", {})
+    monkeypatch.setattr(azure_cloud, "CLIENT_DEFAULTS", {})
     console = Console(azure, start_worker(**azure.env))
     yield console
     stop_worker(console.worker)  # the one running now (a test may have replaced it)
@@ -159,9 +158,7 @@ def test_serverless_sync_deploy_chat_rotate_cost_quota_delete(console):
     # Cost Management has the tokens once its lag has passed; the pull attributes them.
     console.azure.control.advance(36 * 3600)
     account = CloudAccount.objects.get(subscription_id=PAID_SUBSCRIPTION)
-    pull = azure_costs_pull(
-        account=account, credential=azure_provider.default_credential(), force=True
-    )
+    pull = azure_costs_pull(account=account, credential=azure_cloud.credential(), force=True)
     assert pull.error == "" and pull.rows > 0
     rows = list(CostDaily.objects.filter(meter__startswith="paygo-inference"))
     assert {r.meter for r in rows} == {

@@ -17,6 +17,7 @@ from opsportal.inventory.models import (
     Workspace,
 )
 from opsportal.jobs.models import Job
+from opsportal.providers import azure_cloud
 from opsportal.sync.services import TokenBucket, inventory_sync_azure
 from tests.azure_support import ARM, SUB, FakeCredential, example, url, without_next_link
 
@@ -260,14 +261,13 @@ def test_it_shows_the_sync_on_the_subscriptions_page(
 
 def test_it_shows_per_workspace_results_on_the_job_page(catalog, monkeypatch):
     from opsportal.jobs.services import job_execute
-    from opsportal.providers import azure as azure_provider
     from tests.conftest import client_for
     from tests.factories import UserFactory
 
     monkeypatch.setenv("AZURE_TENANT_ID", "t1")
     monkeypatch.setenv("AZURE_CLIENT_ID", "console")
-    monkeypatch.setattr(azure_provider, "default_credential", FakeCredential)
-    monkeypatch.setattr(azure_provider, "CLIENT_DEFAULTS", {"retry_total": 0})
+    monkeypatch.setattr(azure_cloud, "credential", FakeCredential)
+    monkeypatch.setattr(azure_cloud, "CLIENT_DEFAULTS", {"retry_total": 0})
     job = Job.objects.create(kind="azure-sync", target_label="all Azure subscriptions")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
         canned_arm(rs, broken=True)

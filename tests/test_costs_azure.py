@@ -14,7 +14,7 @@ from opsportal.costs.models import CostDaily, CostPull, CostRollup
 from opsportal.costs.selectors import cost_overview
 from opsportal.costs.services import azure_costs_pull
 from opsportal.inventory.models import CloudAccount, MarketplaceSubscription
-from opsportal.providers import azure as azure_provider
+from opsportal.providers import azure_cloud
 from tests.azure_support import ARM, FakeCredential, api_version, body_of, example, url
 from tests.factories import EndpointFactory, UserFactory, WorkspaceFactory, offering
 
@@ -36,7 +36,7 @@ def managed_query(request) -> tuple[bool, str]:
 
 @pytest.fixture
 def arm(monkeypatch):
-    monkeypatch.setattr(azure_provider, "CLIENT_DEFAULTS", {"retry_total": 0})
+    monkeypatch.setattr(azure_cloud, "CLIENT_DEFAULTS", {"retry_total": 0})
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
         # Registered first, so it answers the managed-compute query; the tests below answer
         # the Marketplace one. A subscription without managed endpoints: no rows.

@@ -31,13 +31,9 @@ from azure.mgmt.resource.subscriptions import SubscriptionClient
 
 from opsportal.emulator.world import PAID_SUBSCRIPTION, TRIAL_SUBSCRIPTION
 from opsportal.providers import azure_cloud
-from opsportal.providers.azure import (
-    cost_query,
-    cost_query_body,
-    ml_client,
-    subscriptions_list,
-    translate,
-)
+from opsportal.providers.azure_arm import ml_client, subscriptions_list
+from opsportal.providers.azure_costs import cost_query, cost_query_body
+from opsportal.providers.azure_errors import translate
 from opsportal.providers.base import ErrorCode
 from tests.emulator_support import RunningEmulator, emulator_fresh, running_emulator
 

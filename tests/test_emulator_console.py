@@ -25,8 +25,8 @@ from opsportal.inventory.models import (
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_execute
 from opsportal.keys.models import SecretVersion
-from opsportal.keys.store import keyvault_client, keyvault_secret_name, secret_value
-from opsportal.providers import azure_cloud, for_workspace
+from opsportal.keys.store import keyvault_secret_name, secret_value
+from opsportal.providers import azure_cloud, for_workspace, keyvault
 from opsportal.providers.azure import AzureProvider
 from opsportal.sync.services import inventory_sync_azure
 from tests.emulator_support import RunningEmulator, emulator_fresh, running_emulator
@@ -176,7 +176,7 @@ def test_deploy_rotate_cost_and_delete_as_one_journey(azure):
         ("secondary", "keyvault"),
         ("primary", "keyvault"),
     ]
-    vault = keyvault_client()
+    vault = keyvault.client()
     name = keyvault_secret_name(endpoint)
     assert vault.get_secret(name).value == secret_value(published[-1])
 

@@ -15,7 +15,7 @@ from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_execute
 from opsportal.keys.models import SecretVersion
 from opsportal.keys.store import secret_value
-from opsportal.providers import azure as azure_provider
+from opsportal.providers import azure_cloud
 from tests.azure_support import (
     LOC,
     RG,
@@ -48,11 +48,9 @@ ANSWER = {
 def arm(monkeypatch, settings):
     settings.OPSPORTAL_JOB_POLL_SECONDS = 0
     settings.OPSPORTAL_JOB_BACKOFF_SECONDS = 0
-    monkeypatch.setattr(azure_provider, "default_credential", FakeCredential)
+    monkeypatch.setattr(azure_cloud, "credential", FakeCredential)
     # The SDK's own retries and LRO waits off: the job's retry is what is exercised.
-    monkeypatch.setattr(
-        azure_provider, "CLIENT_DEFAULTS", {"retry_total": 0, "polling_interval": 0}
-    )
+    monkeypatch.setattr(azure_cloud, "CLIENT_DEFAULTS", {"retry_total": 0, "polling_interval": 0})
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
         yield rs
 

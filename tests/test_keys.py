@@ -14,7 +14,7 @@ from opsportal.jobs.models import Job
 from opsportal.keys.models import RotationSchedule, SecretVersion
 from opsportal.keys.services import rotations_due_start
 from opsportal.keys.store import secret_current, secret_publish, secret_value, secrets_forget
-from opsportal.providers import azure as azure_provider
+from opsportal.providers import azure_cloud
 from tests.azure_support import FakeCredential
 from tests.conftest import client_for
 
@@ -119,7 +119,7 @@ def test_bulk_rotation_starts_a_job_per_endpoint_the_user_operates(world):
 
 def test_key_vault_gets_a_new_secret_version_per_publish(world, settings, monkeypatch):
     settings.OPSPORTAL_KEYVAULT_URL = VAULT
-    monkeypatch.setattr(azure_provider, "default_credential", FakeCredential)
+    monkeypatch.setattr(azure_cloud, "credential", FakeCredential)
     secret_id = f"{VAULT}/secrets/opsportal-ws-alpha-ep-alpha/4387e9f3d6e14c459867679a90fd0f79"
     with responses.RequestsMock() as rs:
         # Key Vault's challenge: the first request is answered 401 with where to get a token.

@@ -1,6 +1,7 @@
 """The test-chat form: every parameter of the endpoint's API family, checked with the same rules
 the endpoints apply (opsportal.runtime.api), so a bad value is a field error before any call."""
 
+import json
 from typing import Any
 
 from django import forms
@@ -197,6 +198,4 @@ class ChatForm(forms.Form):
 
 
 def _json(body: dict[str, Any]) -> bytes:
-    import json
-
     return json.dumps(body).encode()

@@ -1,4 +1,5 @@
 import logging
+import os
 import time
 
 from celery import shared_task
@@ -9,8 +10,6 @@ log = logging.getLogger(__name__)
 @shared_task(ignore_result=False)
 def ping(payload: str) -> dict[str, object]:
     """Round trip through the broker: proves a worker took the message and answered."""
-    import os
-
     return {"echo": payload, "worker_pid": os.getpid(), "at": time.time()}
 
 

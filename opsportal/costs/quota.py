@@ -16,7 +16,12 @@ from django.db.models import Count, F, Max, Sum, Value
 from django.db.models.functions import Coalesce, TruncMinute
 from django.utils import timezone
 
+from opsportal.chat.models import ChatTurn
+from opsportal.costs.models import CostDaily
+from opsportal.costs.services import INPUT_METER, OUTPUT_METER
 from opsportal.inventory.models import ComputeQuota, Endpoint, Provider, Workspace
+from opsportal.providers import for_workspace
+from opsportal.runtime.models import UsageRecord
 
 WARN_AT = 80.0
 MINUTES_PER_DAY = 1440
@@ -93,11 +98,6 @@ def _measured_gauges(
 
 def endpoint_quotas(endpoints: list[Endpoint], *, now: Any = None) -> list[EndpointQuota]:
     """Gauges for each serverless endpoint, in a fixed number of queries."""
-    from opsportal.chat.models import ChatTurn
-    from opsportal.costs.models import CostDaily
-    from opsportal.costs.services import INPUT_METER, OUTPUT_METER
-    from opsportal.runtime.models import UsageRecord
-
     now = now or timezone.now()
     day_ago, hour_ago, minute_ago = (
         now - timedelta(days=1),
@@ -227,9 +227,7 @@ def core_gauges(*, accounts: Any = None, include_local: bool = True) -> list[Gau
         else None
     )
     if local is not None:
-        from opsportal.providers.local import LocalProvider
-
-        for usage in LocalProvider(local).core_usage():
+        for usage in for_workspace(local).core_usage():
             gauges.append(
                 Gauge(
                     f"This machine ({usage.family} cores)",

@@ -20,6 +20,7 @@ from opsportal.costs.models import (
     CostRollup,
     CostWorkspaceMonth,
 )
+from opsportal.costs.services import INPUT_METER, OUTPUT_METER
 from opsportal.inventory.models import Provider
 
 ZERO = Decimal(0)
@@ -226,8 +227,6 @@ def meter_days(qs: QuerySet, *, days: int = 30, offering: Any = None) -> MeterDa
 
 def drift(totals: Any, offering: Any) -> list[dict[str, Any]]:
     """Per token meter: the estimate (billed quantity x catalog price) next to the bill."""
-    from opsportal.costs.services import INPUT_METER, OUTPUT_METER
-
     if offering is None:
         return []
     prices = {

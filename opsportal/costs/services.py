@@ -29,7 +29,9 @@ from opsportal.inventory.models import (
     Provider,
     Workspace,
 )
+from opsportal.providers.azure_costs import MANAGED_METER, cost_query
 from opsportal.providers.base import ProviderError
+from opsportal.runtime.models import UsageRecord
 
 log = logging.getLogger(__name__)
 INPUT_METER = "paygo-inference-input-tokens"
@@ -57,8 +59,6 @@ def local_resource_id(endpoint: Endpoint) -> str:
 def local_costs_compute(*, days: Iterable[date] | None = None) -> int:
     """The local runtime's meters for the given days (default: today and yesterday): the
     gateway's metered tokens x the offering's input and output prices. Idempotent."""
-    from opsportal.runtime.models import UsageRecord
-
     today = timezone.localdate()
     days = sorted(set(days or [today - timedelta(days=1), today]))
     written = 0
@@ -320,8 +320,6 @@ def azure_costs_pull(
 ) -> CostPull:
     """Pull last month and this month of one subscription, at most every
     OPSPORTAL_COST_PULL_HOURS unless forced. Upserts are idempotent."""
-    from opsportal.providers.azure import MANAGED_METER, cost_query
-
     pull, _ = CostPull.objects.get_or_create(account=account)
     now = timezone.now()
     every = timedelta(hours=settings.OPSPORTAL_COST_PULL_HOURS)

@@ -8,7 +8,6 @@ from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import team_ids_with_role
 from opsportal.deployments.preflight import (
     Check,
-    ComputeFacts,
     DeploySpec,
     blocking,
     compute_facts,
@@ -16,6 +15,7 @@ from opsportal.deployments.preflight import (
 )
 from opsportal.inventory.models import Endpoint, Offering, Workspace
 from opsportal.inventory.selectors import visible_workspaces
+from opsportal.providers.base import ComputeSnapshot
 
 
 def deployable_workspaces(user: Any) -> Any:
@@ -74,7 +74,7 @@ class DeployForm(forms.Form):
             deleted_at__isnull=True,
         ).select_related("workspace")
         self.checks: list[Check] = []
-        self.facts: ComputeFacts | None = None
+        self.facts: ComputeSnapshot | None = None
         workspace = self._chosen_workspace()
         if workspace is not None:
             self.facts = compute_facts(workspace)

@@ -1,8 +1,9 @@
-"""The deployment pre-flight: every rule DESIGN.md §1 states, checked from the inventory before
-any provider call. The wizard shows the list live as fields change; submitting checks it again.
+"""The deployment pre-flight: every rule of docs/azure.md ("What a deployment needs"), checked
+from the inventory before any provider call. The wizard shows the list live as fields change;
+submitting checks it again.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.db.models import Sum
 
@@ -13,7 +14,8 @@ from opsportal.inventory.models import (
     Provider,
     Workspace,
 )
-from opsportal.providers.base import ENDPOINT_NAME_RE
+from opsportal.providers import for_workspace
+from opsportal.providers.base import ENDPOINT_NAME_RE, ComputeSnapshot
 
 # What subscribing needs, in the words of each family's document: the Mistral one asks for one
 # role on the resource group, the Llama one lists the custom-role permissions.
@@ -76,41 +78,13 @@ class DeploySpec:
     data_collection: bool = False
 
 
-@dataclass(frozen=True)
-class ComputeFacts:
-    """Instance types and core quota of the workspace's region, when the console knows them."""
-
-    sizes: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (cores, family)
-    usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # family -> (used, limit)
-    known: bool = False
+def compute_facts(workspace: Workspace) -> ComputeSnapshot:
+    """The region's instance types and core quota, from the workspace's back end (live for the
+    local runtime, the sync's stored snapshot for Azure: never a cloud call during a request)."""
+    return for_workspace(workspace).compute_snapshot()
 
 
-def compute_facts(workspace: Workspace) -> ComputeFacts:
-    """The local runtime's sizes and cores come from this machine; an Azure region's come from
-    the stored snapshot the inventory sync keeps (never from Azure during a request)."""
-    if workspace.provider == Provider.LOCAL:
-        from opsportal.providers.local import LocalProvider
-
-        provider = LocalProvider(workspace)
-        return ComputeFacts(
-            sizes={t.name: (t.cores, t.family) for t in provider.instance_types()},
-            usage={u.family: (u.used, u.limit) for u in provider.core_usage()},
-            known=True,
-        )
-    from opsportal.inventory.models import ComputeQuota, VmSize
-
-    sizes = {
-        v.name: (v.cores, v.family)
-        for v in VmSize.objects.filter(account=workspace.account, region=workspace.region)
-    }
-    usage = {
-        q.family: (q.used, q.limit)
-        for q in ComputeQuota.objects.filter(account=workspace.account, region=workspace.region)
-    }
-    return ComputeFacts(sizes=sizes, usage=usage, known=bool(sizes))
-
-
-def preflight(spec: DeploySpec, *, facts: ComputeFacts | None = None) -> list[Check]:
+def preflight(spec: DeploySpec, *, facts: ComputeSnapshot | None = None) -> list[Check]:
     checks: list[Check] = []
     ws, offering = spec.workspace, spec.offering
     if ws is None or offering is None:
@@ -301,7 +275,7 @@ def _name(spec: DeploySpec, ws: Workspace) -> Check:
     return Check("name", title, "ok", f"{name} is free in {ws.region}.")
 
 
-def _managed(spec: DeploySpec, ws: Workspace, facts: ComputeFacts) -> list[Check]:
+def _managed(spec: DeploySpec, ws: Workspace, facts: ComputeSnapshot) -> list[Check]:
     checks = []
     if not ENDPOINT_NAME_RE.match(spec.deployment_name):
         checks.append(

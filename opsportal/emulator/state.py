@@ -12,7 +12,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from opsportal.emulator.clock import Clock
@@ -371,8 +371,6 @@ class State:
         target: str = "",
         seconds: float | None = None,
     ) -> Operation:
-        from datetime import timedelta
-
         now = self.clock.now()
         op = Operation(
             id=new_guid(self.rng),

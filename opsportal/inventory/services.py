@@ -7,9 +7,11 @@ from typing import Any
 from django.db import transaction
 
 from opsportal.accounts.models import Team
+from opsportal.core.audit import audit_record
 from opsportal.inventory.models import (
     CloudAccount,
     ComputeQuota,
+    Endpoint,
     ManagedDeployment,
     Provider,
     Workspace,
@@ -82,8 +84,6 @@ def deployments_store(*, endpoint: Any, deployments: Any, now: Any) -> None:
 def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: Any) -> Any:
     """An endpoint's inventory row and its deployments' rows, as the provider describes them
     (an EndpointInfo). The sync and the deploy job both write through here."""
-    from opsportal.inventory.models import Endpoint
-
     defaults = {
         "kind": info.kind,
         "region": workspace.region,
@@ -108,8 +108,6 @@ def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: A
 def workspace_team_set(*, workspace: Workspace, team: Team | None, user: Any) -> Workspace:
     """A superuser's choice of team for a synced workspace; None hands it back to the Azure tag
     (the next sync applies it)."""
-    from opsportal.core.audit import audit_record
-
     source = Workspace.TeamSource.MANUAL if team else Workspace.TeamSource.NONE
     with transaction.atomic():
         Workspace.objects.filter(pk=workspace.pk).update(team=team, team_source=source)

@@ -9,13 +9,13 @@ keeps the encrypted copy the console itself needs (reveal, verification) and the
 import re
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from opsportal.core.crypto import decrypt, digest, encrypt
 from opsportal.inventory.models import Endpoint
 from opsportal.keys.models import SecretVersion
+from opsportal.providers import keyvault
 from opsportal.providers.base import ProviderError
 
 
@@ -29,37 +29,19 @@ def keyvault_secret_name(endpoint: Endpoint) -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", raw)[:127]
 
 
-def keyvault_client(**client_kwargs: Any) -> Any:
-    from azure.keyvault.secrets import SecretClient
-
-    from opsportal.providers import azure_cloud
-    from opsportal.providers.azure import default_credential
-
-    return SecretClient(
-        settings.OPSPORTAL_KEYVAULT_URL,
-        default_credential(),
-        **{**azure_cloud.keyvault_client_kwargs(), **client_kwargs},
-    )
-
-
 def secret_publish(
     *, endpoint: Endpoint, slot: str, value: str, job: Any = None, **client_kwargs: Any
 ) -> SecretVersion:
     """A new version of the endpoint's key: in Key Vault when configured, always in the DB."""
     store, store_version = "db", ""
-    if settings.OPSPORTAL_KEYVAULT_URL:
-        try:
-            secret = keyvault_client(**client_kwargs).set_secret(
-                keyvault_secret_name(endpoint),
-                value,
-                content_type="text/plain",
-                tags={"slot": slot, "endpoint": endpoint.name},
-            )
-        except Exception as exc:
-            from opsportal.providers.azure import translate
-
-            raise translate(exc, action="read", what="publishing the key to Key Vault") from exc
-        store, store_version = "keyvault", secret.properties.version or ""
+    if keyvault.configured():
+        store = "keyvault"
+        store_version = keyvault.secret_set(
+            keyvault_secret_name(endpoint),
+            value,
+            tags={"slot": slot, "endpoint": endpoint.name},
+            **client_kwargs,
+        )
     for _ in range(3):  # two publishers at once: the loser takes the next number
         try:
             with transaction.atomic():
@@ -97,15 +79,7 @@ def secret_value(version: SecretVersion) -> str:
 
 def secrets_forget(*, endpoint: Endpoint, **client_kwargs: Any) -> int:
     """An endpoint is gone: its keys go from the store too."""
-    if settings.OPSPORTAL_KEYVAULT_URL and endpoint.secret_versions.filter(store="keyvault"):
-        try:
-            keyvault_client(**client_kwargs).begin_delete_secret(keyvault_secret_name(endpoint))
-        except Exception as exc:
-            from azure.core.exceptions import ResourceNotFoundError
-
-            if not isinstance(exc, ResourceNotFoundError):
-                from opsportal.providers.azure import translate
-
-                raise translate(exc, action="read", what="deleting the key") from exc
+    if keyvault.configured() and endpoint.secret_versions.filter(store="keyvault").exists():
+        keyvault.secret_delete(keyvault_secret_name(endpoint), **client_kwargs)
     deleted, _ = endpoint.secret_versions.all().delete()
     return deleted

@@ -1,467 +1,56 @@
-"""Azure Machine Learning as a provider, through azure-ai-ml (MLClient), azure-identity and
-azure-mgmt-resource-subscriptions. See ../shared/azure-fixtures/NOTES.md for the calls each
-method makes; tests/test_azure_contract.py proves them against Azure's published examples.
+"""Azure Machine Learning as a provider for one workspace, through azure-ai-ml's MLClient. See
+docs/azure.md for the calls each method makes; tests/test_azure_contract.py proves them against
+Azure's published examples.
 
 Three SDK defects of azure-ai-ml 1.35.x are worked around, each in one marked place:
   WORKAROUND(serverless-regenerate)  begin_regenerate_keys raises TypeError;
   WORKAROUND(half-empty-usage)       compute.list_usage entities lose their values;
   WORKAROUND(half-empty-vmsize)      compute.list_sizes entities lose their values.
+
+azure.ai.ml is imported late, in the methods that build its entities: it takes about 1.7 s to
+import, which a process that never talks to Azure (the local runtime, a page that only reads
+the stored snapshot) should not pay.
 """
 
 import logging
-import os
-import re
-import shutil
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date
-from decimal import Decimal
+from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
 
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    IncompleteReadError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.exceptions import ResourceNotFoundError
 
-from opsportal.inventory.models import Endpoint, Offering, Provider, ProvisioningState, Workspace
+from opsportal.inventory.models import ComputeQuota, Endpoint, Offering, VmSize, Workspace
 from opsportal.providers import azure_cloud
+from opsportal.providers.azure_arm import (
+    CorrelationPolicy,
+    client_policies,
+    marketplace_status,
+    ml_client,
+    offering_slugs_by_model,
+    resource_group_read,
+    state_of,
+    unversioned,
+    vm_family_key,
+)
+from opsportal.providers.azure_errors import translate
 from opsportal.providers.base import (
     CallNote,
+    ComputeSnapshot,
     CoreUsage,
     DeploymentInfo,
     EndpointInfo,
     EndpointKeys,
     ErrorCode,
     InstanceType,
+    MarketplaceBilling,
     MarketplaceStatus,
+    MarketplaceSubscriptionInfo,
     ProviderError,
-    register,
 )
 
 log = logging.getLogger(__name__)
 logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)  # "experimental method" on every call
 
-# What each kind of action needs, in the words of DESIGN.md §1.
-NEEDS = {
-    "subscribe": (
-        "Subscribing to a Marketplace offer needs Owner or Contributor on the Azure subscription, "
-        "or a custom role with Microsoft.MarketplaceOrdering/agreements/offers/plans/read and "
-        ".../plans/sign/action, Microsoft.MarketplaceOrdering/offerTypes/publishers/offers/plans/"
-        "agreements/read, Microsoft.Marketplace/offerTypes/publishers/offers/plans/agreements/read "
-        "and Microsoft.SaaS/register/action; Microsoft.SaaS/resources/read|write on the resource "
-        "group; and Microsoft.MachineLearningServices/workspaces/"
-        "marketplaceModelSubscriptions/* on the workspace."
-    ),
-    "endpoints": (
-        "Managing endpoints needs Microsoft.MachineLearningServices/workspaces/"
-        "serverlessEndpoints/* (or onlineEndpoints/*) on the workspace: the AzureML Data "
-        "Scientist role, or Azure AI Developer on the resource group."
-    ),
-    "read": "Reading needs at least the Reader role on the subscription or workspace.",
-}
-QUOTA_CODES = {"QuotaExceeded", "InsufficientQuota", "OutOfQuota", "QuotaLimitExceeded"}
 
-
-def vm_family_key(name: str) -> str:
-    """A quota's family in the VM sizes' spelling: "Standard NC Family Cluster Dedicated vCPUs"
-    and size family "standardNCFamily" are the same cores."""
-    base = re.sub(r"\s+Cluster\s+Dedicated\s+vCPUs$|\s+Dedicated\s+vCPUs$", "", name.strip())
-    compact = base.replace(" ", "")
-    return compact[:1].lower() + compact[1:]
-
-
-# Extra keyword arguments for every Azure client the providers build (the contract tests set
-# retry_total=0 and polling_interval=0 here, so the jobs' own retry is what they exercise).
-CLIENT_DEFAULTS: dict[str, Any] = {}
-
-
-def azure_configuration() -> tuple[bool, str]:
-    """Whether any credential source is set up (without asking Azure)."""
-    if os.environ.get("AZURE_CLIENT_ID") and os.environ.get("AZURE_TENANT_ID"):
-        return True, "service principal or workload identity from AZURE_* variables"
-    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT"):
-        return True, "managed identity"
-    if shutil.which("az") and os.path.isdir(os.path.expanduser("~/.azure")):
-        return True, "Azure CLI login (az login)"
-    return False, (
-        "Azure is not configured: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET "
-        "(or a certificate), run on a managed identity, or sign in with `az login`."
-    )
-
-
-def default_credential() -> Any:
-    return azure_cloud.credential()
-
-
-def translate(exc: Exception, *, action: str = "read", what: str = "") -> ProviderError:
-    """An SDK exception in plain words, and whether trying again can help."""
-    subject = f" ({what})" if what else ""
-    service_code = getattr(getattr(exc, "error", None), "code", None) or ""
-    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) != 403:
-        return ProviderError(
-            f"Azure did not accept the credential{subject}: {_first_line(exc)}. Check the AZURE_* "
-            "variables or sign in again.",
-            code=ErrorCode.UNAUTHORIZED,
-        )
-    if isinstance(exc, ResourceNotFoundError):
-        return ProviderError(
-            f"Not found in Azure{subject}: it was deleted or never existed.",
-            code=ErrorCode.NOT_FOUND,
-            service_code=service_code,
-        )
-    if isinstance(exc, ResourceExistsError):
-        return ProviderError(
-            f"Azure reports a conflict{subject}: {_first_line(exc)}",
-            code=ErrorCode.CONFLICT,
-            service_code=service_code,
-        )
-    if isinstance(exc, ServiceRequestError | ServiceResponseError | IncompleteReadError):
-        # IncompleteReadError: the connection broke in the middle of Azure's answer.
-        return ProviderError(
-            f"Could not reach Azure{subject}: {_first_line(exc)}. Will retry.",
-            retryable=True,
-            code=ErrorCode.CONNECTION_ERROR,
-        )
-    if isinstance(exc, HttpResponseError):
-        return _translate_status(exc, exc.status_code or 0, service_code, action, subject)
-    return ProviderError(
-        f"Unexpected error from the Azure SDK{subject}: {type(exc).__name__}",
-        code=ErrorCode.UNEXPECTED,
-    )
-
-
-def _translate_status(
-    exc: HttpResponseError, status: int, service_code: str, action: str, subject: str
-) -> ProviderError:
-    said = _first_line(exc)
-    if service_code == "ServerlessModelNotAvailableInRegion":
-        return ProviderError(
-            f"This model is not offered as a serverless API in the workspace's region"
-            f"{subject}. Use a workspace in a region the catalog lists for it.",
-            code=ErrorCode.NOT_IN_REGION,
-            service_code=service_code,
-        )
-    if service_code in QUOTA_CODES or "quota" in said.lower():
-        return ProviderError(
-            f"Not enough VM core quota{subject}: {said}. Free cores in this region and VM family, "
-            "or request a quota increase.",
-            code=ErrorCode.QUOTA_EXCEEDED,
-            service_code=service_code,
-        )
-    if status in (401, 403):
-        return ProviderError(
-            f"Azure refused the action ({status}){subject}. {NEEDS[action]}",
-            code=ErrorCode.FORBIDDEN,
-            service_code=service_code,
-        )
-    if status == 404:
-        return ProviderError(
-            f"Not found in Azure{subject}.", code=ErrorCode.NOT_FOUND, service_code=service_code
-        )
-    if status == 409:
-        return ProviderError(
-            f"Azure reports a conflict{subject}: {said}",
-            code=ErrorCode.CONFLICT,
-            service_code=service_code,
-        )
-    if status == 429:
-        wait = _retry_after(exc)
-        wait = 30.0 if wait is None else wait
-        return ProviderError(
-            f"Azure is throttling requests{subject}; wait {wait:g} s.",
-            retryable=True,
-            retry_after=wait,
-            code=ErrorCode.THROTTLED,
-        )
-    if status >= 500:
-        return ProviderError(
-            f"Azure failed ({status}){subject}: {said}. Will retry.",
-            retryable=True,
-            code=ErrorCode.SERVER_ERROR,
-            service_code=service_code,
-        )
-    return ProviderError(
-        f"Azure refused the request ({status}){subject}: {said}",
-        code=ErrorCode.BAD_REQUEST,
-        service_code=service_code,
-    )
-
-
-def _first_line(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return text.strip().splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _retry_after(
-    exc: HttpResponseError, names: tuple[str, ...] = ("retry-after", "x-ms-retry-after-ms")
-) -> float | None:
-    """The wait a throttled answer asked for, in seconds: the first of `names` (case does not
-    matter; a name ending in -ms is in milliseconds), or None when it asked for none."""
-    headers = getattr(exc.response, "headers", {}) or {}
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for name in names:
-        if name in lowered:
-            try:
-                value = float(lowered[name])
-            except ValueError:
-                continue
-            return value / 1000 if name.endswith("-ms") else value
-    return None
-
-
-def state_of(value: Any) -> str:
-    """Serverless states arrive as snake_case text, online ones as enums: one vocabulary."""
-    text = str(getattr(value, "value", value) or "").replace("_", "").lower()
-    for state in ProvisioningState:
-        if state.value.lower() == text:
-            return state.value
-    return ProvisioningState.UNKNOWN.value
-
-
-# --- subscription and workspace discovery ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubscriptionInfo:
-    subscription_id: str
-    display_name: str
-    tenant_id: str
-    state: str
-    quota_id: str = ""  # subscriptionPolicies.quotaId: the offer type (pay-as-you-go, trial...)
-
-
-@dataclass(frozen=True)
-class WorkspaceInfo:
-    name: str
-    resource_group: str
-    region: str
-    resource_id: str
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MarketplaceSubscriptionInfo:
-    name: str
-    model_id: str
-    status: str  # a MarketplaceStatus
-    provisioning_state: str
-    resource_id: str
-    publisher_id: str = ""
-    offer_id: str = ""
-    plan_id: str = ""
-
-
-@dataclass(frozen=True)
-class MarketplaceBilling:
-    subscription: MarketplaceSubscriptionInfo
-    saas_resource_id: str  # "" when the resource group holds none, or several alike
-
-
-def marketplace_status(value: Any) -> str:
-    """The SDK's snake_case status (subscribed, pending_fulfillment_start...) in Azure's words."""
-    text = str(getattr(value, "value", value) or "").replace("_", "").lower()
-    for status in MarketplaceStatus:
-        if text.startswith(status.value.lower()):
-            return status.value
-    return MarketplaceStatus.PENDING.value
-
-
-def subscriptions_list(credential: Any, **client_kwargs: Any) -> list[SubscriptionInfo]:
-    from azure.mgmt.resource.subscriptions import SubscriptionClient
-
-    client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
-    try:
-        client = SubscriptionClient(
-            credential, **{**azure_cloud.mgmt_client_kwargs(), **client_kwargs}
-        )
-        return [
-            SubscriptionInfo(
-                s.subscription_id,
-                s.display_name or s.subscription_id,
-                s.tenant_id or "",
-                str(getattr(s.state, "value", s.state) or ""),
-                quota_id=getattr(s.subscription_policies, "quota_id", None) or "",
-            )
-            for s in client.subscriptions.list()
-        ]
-    except Exception as exc:
-        raise translate(exc, what="listing subscriptions") from exc
-
-
-def ml_client(
-    credential: Any,
-    subscription_id: str,
-    resource_group: str | None = None,
-    workspace: str | None = None,
-    **client_kwargs: Any,
-) -> Any:
-    from azure.ai.ml import MLClient
-
-    client_kwargs = {**azure_cloud.ml_client_kwargs(), **client_kwargs}
-    client_kwargs.setdefault("enable_telemetry", False)
-    return MLClient(credential, subscription_id, resource_group, workspace, **client_kwargs)
-
-
-def workspaces_list(
-    credential: Any, subscription_id: str, **client_kwargs: Any
-) -> list[WorkspaceInfo]:
-    client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
-    try:
-        ml = ml_client(credential, subscription_id, **client_kwargs)
-        return [
-            WorkspaceInfo(
-                w.name,
-                w.resource_group,
-                (w.location or "").lower(),
-                w.id or "",
-                tags=dict(w.tags or {}),
-            )
-            for w in ml.workspaces.list(scope="subscription")
-        ]
-    except Exception as exc:
-        raise translate(exc, what=f"workspaces of {subscription_id}") from exc
-
-
-@dataclass(frozen=True)
-class SaasResourceInfo:
-    """A Microsoft.SaaS/resources billing resource: what Cost Management bills Marketplace model
-    usage on. Its plan is how it is matched with the Marketplace subscription that made it."""
-
-    resource_id: str
-    name: str
-    publisher: str
-    offer: str
-    plan: str
-    status: str
-
-
-@dataclass(frozen=True)
-class ResourceGroupInfo:
-    name: str
-    tags: dict[str, str]
-    saas: list[SaasResourceInfo]
-
-
-# The SaaS resource provider's own list (it returns each resource's publisher, offer and plan);
-# no Python SDK wraps it. specification/saas/.../stable/2026-04-01 (SaasListByResourceGroup).
-SAAS_API_VERSION = "2026-04-01"
-
-
-def resource_group_read(
-    credential: Any, subscription_id: str, resource_group: str, **client_kwargs: Any
-) -> ResourceGroupInfo:
-    """A resource group's tags and the SaaS billing resources in it."""
-    from azure.core.rest import HttpRequest
-    from azure.mgmt.resource.resources import ResourceManagementClient
-
-    client_kwargs = {**CLIENT_DEFAULTS, **client_kwargs}
-    try:
-        client = ResourceManagementClient(
-            credential, subscription_id, **{**azure_cloud.mgmt_client_kwargs(), **client_kwargs}
-        )
-        tags = dict(client.resource_groups.get(resource_group).tags or {})
-        path = (
-            f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}"
-            f"/providers/Microsoft.SaaS/resources?api-version={SAAS_API_VERSION}"
-        )
-        saas: list[SaasResourceInfo] = []
-        url: str | None = path
-        while url:
-            response = client.send_request(HttpRequest("GET", url))
-            response.raise_for_status()
-            page = response.json()
-            for item in page.get("value") or []:
-                props = item.get("properties") or {}
-                saas.append(
-                    SaasResourceInfo(
-                        resource_id=item.get("id", ""),
-                        name=item.get("name", ""),
-                        publisher=props.get("publisherName") or "",
-                        offer=props.get("offerName") or "",
-                        plan=props.get("planName") or "",
-                        status=props.get("status") or "",
-                    )
-                )
-            url = page.get("nextLink")
-        return ResourceGroupInfo(resource_group, tags, saas)
-    except ProviderError:
-        raise
-    except Exception as exc:
-        raise translate(exc, what=f"resource group {resource_group}") from exc
-
-
-def offering_slugs_by_model() -> dict[str, str]:
-    return {
-        unversioned(model_id): slug
-        for slug, model_id in Offering.objects.exclude(registry_model_id="").values_list(
-            "slug", "registry_model_id"
-        )
-    }
-
-
-# --- one workspace ------------------------------------------------------------------------------
-
-
-class CorrelationPolicy(SansIOHTTPPolicy):
-    """Ties every request to a job: a fresh x-ms-client-request-id per request (the SDK's
-    clients here send none), the job's correlation id as ARM's x-ms-correlation-request-id, and
-    a line per request that changes something, with ARM's x-ms-request-id, for the job's log, so
-    a support case can name the operation."""
-
-    def __init__(self, correlation_id: str | None, note: CallNote | None) -> None:
-        self.correlation_id, self.note = correlation_id, note
-
-    def on_request(self, request: Any) -> None:
-        headers = request.http_request.headers
-        if not headers.get("x-ms-client-request-id"):
-            headers["x-ms-client-request-id"] = str(uuid.uuid4())
-        if self.correlation_id:
-            headers["x-ms-correlation-request-id"] = self.correlation_id
-
-    def on_response(self, request: Any, response: Any) -> None:
-        http = request.http_request
-        if self.note is None or http.method in ("GET", "HEAD"):
-            return
-        path = urlsplit(http.url).path
-        headers = response.http_response.headers
-        self.note(
-            f"Azure {http.method} {path}: {response.http_response.status_code}, "
-            f"x-ms-request-id {headers.get('x-ms-request-id', '-')}"
-        )
-
-
-class BucketPolicy(SansIOHTTPPolicy):
-    """Calls `take` before each HTTP request the SDK sends, retries included (the sync's
-    per-subscription token bucket, which keeps it within ARM's read limits)."""
-
-    def __init__(self, take: Callable[[], None]) -> None:
-        self.take = take
-
-    def on_request(self, request: Any) -> None:
-        self.take()
-
-
-def client_policies(
-    correlation_id: str | None = None, note: CallNote | None = None
-) -> dict[str, Any]:
-    """Keyword arguments that put the correlation policy into an Azure SDK client."""
-    return {"per_call_policies": [CorrelationPolicy(correlation_id, note)]}
-
-
-def unversioned(model_id: str) -> str:
-    """A registry model id without its version, lower case: how the catalog names models."""
-    return re.sub(r"/versions/[^/]+$", "", (model_id or "").strip()).lower()
-
-
-@register(Provider.AZURE)
 class AzureProvider:
     owns_inventory = False
 
@@ -479,21 +68,25 @@ class AzureProvider:
         worker threads avoid the database; by default it is read from the catalog."""
         self.workspace = workspace
         self._slugs = offering_slugs
-        kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {})}
+        kwargs = {**azure_cloud.CLIENT_DEFAULTS, **(client_kwargs or {})}
         mine = [p for p in kwargs.get("per_call_policies", []) if isinstance(p, CorrelationPolicy)]
         if not mine:  # the sync passes its own, shared by every client of the subscription
             kwargs["per_call_policies"] = [
                 *kwargs.get("per_call_policies", []),
                 *client_policies(correlation_id, note)["per_call_policies"],
             ]
-        self._credential = credential or default_credential()
+        self._credential = credential or azure_cloud.credential()
         self._kwargs = kwargs
-        self.ml = ml_client(
+
+    @cached_property
+    def ml(self) -> Any:
+        """The workspace's MLClient, built on first use (see the module's note on imports)."""
+        return ml_client(
             self._credential,
-            workspace.account.subscription_id,
-            workspace.resource_group,
-            workspace.name,
-            **kwargs,
+            self.workspace.account.subscription_id,
+            self.workspace.resource_group,
+            self.workspace.name,
+            **self._kwargs,
         )
 
     def _call(self, action: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -592,7 +185,7 @@ class AzureProvider:
         )
 
     def subscription_create(self, *, offering_slug: str) -> str:
-        from azure.ai.ml.entities import MarketplaceSubscription
+        from azure.ai.ml.entities import MarketplaceSubscription  # late: see the module's note
 
         offering = self._offering(offering_slug)
         sub = MarketplaceSubscription(name=offering.slug, model_id=offering.registry_model_id)
@@ -674,6 +267,7 @@ class AzureProvider:
         return self._call("read", name, online)
 
     def endpoint_create(self, *, name: str, kind: str, offering_slug: str) -> EndpointInfo:
+        # late: see the module's note
         from azure.ai.ml.entities import ManagedOnlineEndpoint, ServerlessEndpoint
 
         offering = self._offering(offering_slug)
@@ -731,7 +325,7 @@ class AzureProvider:
         offering_slug: str = "",
         data_collection: bool = False,
     ) -> DeploymentInfo:
-        from azure.ai.ml.entities import (
+        from azure.ai.ml.entities import (  # late: see the module's note
             DataCollector,
             DeploymentCollection,
             ManagedOnlineDeployment,
@@ -843,10 +437,13 @@ class AzureProvider:
     def _regenerate_serverless_key(self, name: str, slot: str) -> None:
         # WORKAROUND(serverless-regenerate): azure-ai-ml 1.35.2's
         # serverless_endpoints.begin_regenerate_keys passes endpoint_name= to a generated method
-        # whose parameter is `name`, and always raises TypeError (NOTES.md §7.1). Call the
-        # generated client it wraps, with the same request body. tests/test_azure_contract.py
-        # fails when the public method starts working, so this can go then.
-        from azure.ai.ml._restclient.arm_ml_service.models import RegenerateEndpointKeysRequest
+        # whose parameter is `name`, and always raises TypeError (docs/azure.md, "SDK
+        # defects"). Call the generated client it wraps, with the same request body.
+        # tests/test_azure_contract.py fails when the public method starts working, so this
+        # can go then.
+        from azure.ai.ml._restclient.arm_ml_service.models import (  # late: the module's note
+            RegenerateEndpointKeysRequest,
+        )
 
         client = self.ml._service_client_01_2024_preview_arm.serverless_endpoints
         client.begin_regenerate_keys(
@@ -862,7 +459,7 @@ class AzureProvider:
             out = []
             for size in self.ml.compute.list_sizes(location=self.workspace.region):
                 # WORKAROUND(half-empty-vmsize): 1.35.x leaves v_cp_us/memory_gb/family None and
-                # puts the camelCase REST fields into __dict__ (NOTES.md §7.2). Read either.
+                # puts the camelCase REST fields into __dict__ (docs/azure.md, "SDK defects").
                 raw = size.__dict__
                 cores = getattr(size, "v_cp_us", None) or raw.get("vCPUs") or 0
                 memory = getattr(size, "memory_gb", None) or raw.get("memoryGB") or 0
@@ -881,7 +478,8 @@ class AzureProvider:
             out = []
             for usage in self.ml.compute.list_usage(location=self.workspace.region):
                 # WORKAROUND(half-empty-usage): 1.35.x leaves current_value/limit None and keeps
-                # the REST fields (currentValue, name as a dict) in __dict__ (NOTES.md §7.2).
+                # the REST fields (currentValue, name as a dict) in __dict__ (docs/azure.md,
+                # "SDK defects").
                 raw = usage.__dict__
                 current = usage.current_value
                 if current is None:
@@ -907,248 +505,14 @@ class AzureProvider:
 
         return self._call("read", f"core usage in {self.workspace.region}", run)
 
-
-# --- Cost Management -------------------------------------------------------------------------
-
-# Cost Management's throttling headers (NOTES.md §4): azure-core retries none of them, so the
-# back-off is ours.
-COST_RETRY_HEADERS = (
-    "x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after",
-    "x-ms-ratelimit-microsoft.costmanagement-entity-retry-after",
-    "x-ms-ratelimit-microsoft.costmanagement-tenant-retry-after",
-    "retry-after",
-)
-COST_COLUMNS = ("Cost", "PreTaxCost", "CostUSD", "PreTaxCostUSD")
-# Marketplace model subscriptions bill on SaaS resources; managed compute on the VMs behind
-# online endpoints.
-COST_RESOURCE_TYPES = [
-    "microsoft.saas/resources",
-    "microsoft.machinelearningservices/workspaces/onlineendpoints",
-    "microsoft.machinelearningservices/workspaces/onlineendpoints/deployments",
-]
-
-
-@dataclass(frozen=True)
-class CostRow:
-    day: date
-    resource_id: str
-    meter: str
-    quantity: Decimal
-    cost: Decimal
-    currency: str
-
-
-def cost_query_body(start: date, end: date) -> dict[str, Any]:
-    """Actual cost per day, resource and meter, for Marketplace and managed compute resources."""
-    return {
-        "type": "ActualCost",
-        "timeframe": "Custom",
-        "timePeriod": {
-            "from": f"{start.isoformat()}T00:00:00Z",
-            "to": f"{end.isoformat()}T23:59:59Z",
-        },
-        "dataset": {
-            "granularity": "Daily",
-            "aggregation": {
-                "totalCost": {"name": "Cost", "function": "Sum"},
-                "totalQuantity": {"name": "UsageQuantity", "function": "Sum"},
-            },
-            "grouping": [
-                {"type": "Dimension", "name": "ResourceId"},
-                {"type": "Dimension", "name": "Meter"},
-            ],
-            "filter": {
-                "or": [
-                    {
-                        "dimensions": {
-                            "name": "PublisherType",
-                            "operator": "In",
-                            "values": ["Marketplace"],
-                        }
-                    },
-                    {
-                        "dimensions": {
-                            "name": "ResourceType",
-                            "operator": "In",
-                            "values": COST_RESOURCE_TYPES,
-                        }
-                    },
-                ]
-            },
-        },
-    }
-
-
-def cost_rows_parse(columns: list[str], rows: list[list[Any]]) -> list[CostRow]:
-    """Rows of a Query result, by column name (the API orders them: aggregations, groupings,
-    UsageDate, Currency). UsageDate is a yyyymmdd number for daily granularity."""
-    index = {name: i for i, name in enumerate(columns)}
-    cost_at = next((index[c] for c in COST_COLUMNS if c in index), None)
-    if cost_at is None or "UsageDate" not in index:
-        raise ProviderError(
-            f"Cost Management answered without a cost or date column ({', '.join(columns)}).",
-            code=ErrorCode.BAD_RESPONSE,
+    def compute_snapshot(self) -> ComputeSnapshot:
+        """The region's VM sizes and core quota as the inventory sync last stored them: pages and
+        checks never wait on Azure for these."""
+        ws = self.workspace
+        sizes = VmSize.objects.filter(account=ws.account, region=ws.region)
+        quotas = ComputeQuota.objects.filter(account=ws.account, region=ws.region)
+        return ComputeSnapshot(
+            sizes={v.name: (v.cores, v.family) for v in sizes},
+            usage={q.family: (q.used, q.limit) for q in quotas},
+            known=sizes.exists(),
         )
-    known = {*COST_COLUMNS, "UsageQuantity", "UsageDate", "Currency", "Meter"}
-    resource_at = index.get("ResourceId")
-    if resource_at is None:  # grouped by something else: that is the resource
-        resource_at = next((i for name, i in index.items() if name not in known), None)
-    out = []
-    for row in rows:
-        raw_day = str(row[index["UsageDate"]])
-        day = (
-            date(int(raw_day[:4]), int(raw_day[4:6]), int(raw_day[6:8]))
-            if raw_day.isdigit()
-            else (date.fromisoformat(raw_day[:10]))
-        )
-        out.append(
-            CostRow(
-                day=day,
-                resource_id=str(row[resource_at]) if resource_at is not None else "",
-                meter=str(row[index["Meter"]]) if "Meter" in index else "",
-                quantity=Decimal(str(row[index["UsageQuantity"]]))
-                if "UsageQuantity" in index
-                else Decimal(0),
-                cost=Decimal(str(row[cost_at])),
-                currency=str(row[index["Currency"]]) if "Currency" in index else "USD",
-            )
-        )
-    return out
-
-
-# Managed online deployments' VM hours are billed on the workspace resource, tagged with the
-# endpoint and deployment they serve (Microsoft, "View costs for an Azure Machine Learning
-# managed online endpoint": filter by the workspace, then by these tags).
-ENDPOINT_TAG = "azuremlendpoint"
-MANAGED_METER = "managed-compute"
-
-
-def managed_cost_query_body(start: date, end: date) -> dict[str, Any]:
-    """Actual cost per day of the workspaces' resources, by resource and endpoint tag."""
-    body = cost_query_body(start, end)
-    body["dataset"]["grouping"] = [
-        {"type": "Dimension", "name": "ResourceId"},
-        {"type": "TagKey", "name": ENDPOINT_TAG},
-    ]
-    body["dataset"]["filter"] = {
-        "dimensions": {
-            "name": "ResourceType",
-            "operator": "In",
-            "values": ["microsoft.machinelearningservices/workspaces"],
-        }
-    }
-    return body
-
-
-def managed_rows(columns: list[str], rows: list[list[Any]]) -> list[CostRow]:
-    """The endpoint-tagged rows of the workspace query, each as the endpoint's own resource
-    (`{workspace id}/onlineEndpoints/{name}`), under one managed-compute meter. Untagged rows
-    are the workspace's other compute, not an endpoint's."""
-    index = {name.lower(): i for i, name in enumerate(columns)}
-    tag_at = index.get(ENDPOINT_TAG, index.get("tagvalue"))
-    out = []
-    parsed = cost_rows_parse(columns, rows)
-    for raw, row in zip(rows, parsed, strict=True):
-        endpoint = str(raw[tag_at]) if tag_at is not None and raw[tag_at] else ""
-        if ":" in endpoint and tag_at == index.get("tagvalue"):
-            endpoint = endpoint.split(":", 1)[1]
-        if not endpoint:
-            continue
-        out.append(
-            CostRow(
-                day=row.day,
-                resource_id=f"{row.resource_id.rstrip('/')}/onlineEndpoints/{endpoint}",
-                meter=MANAGED_METER,
-                quantity=row.quantity,
-                cost=row.cost,
-                currency=row.currency,
-            )
-        )
-    return out
-
-
-def cost_query(
-    credential: Any,
-    subscription_id: str,
-    start: date,
-    end: date,
-    *,
-    client_kwargs: dict[str, Any] | None = None,
-    sleep: Any = None,
-    max_wait_s: float = 300.0,
-    correlation_id: str | None = None,
-) -> tuple[list[CostRow], float]:
-    """Daily cost rows of one subscription: the Marketplace meters (and anything billed on
-    online endpoint resources), then managed compute's VM hours by endpoint. Returns (rows,
-    seconds spent waiting out 429s)."""
-    import time
-
-    from azure.core.rest import HttpRequest
-    from azure.mgmt.costmanagement import CostManagementClient
-
-    kwargs = {**CLIENT_DEFAULTS, **(client_kwargs or {}), **client_policies(correlation_id)}
-    sleep = sleep or time.sleep
-    client = CostManagementClient(credential, **{**azure_cloud.mgmt_client_kwargs(), **kwargs})
-    waited = 0.0
-
-    def throttled(call: Any) -> Any:
-        nonlocal waited
-        while True:
-            try:
-                return call()
-            except HttpResponseError as exc:
-                if exc.status_code != 429:
-                    raise translate(exc, what=f"cost of subscription {subscription_id}") from exc
-                wait = _retry_after(exc, COST_RETRY_HEADERS)
-                wait = 60.0 if wait is None else wait
-                if waited + wait > max_wait_s:
-                    raise ProviderError(
-                        f"Cost Management is throttling this tenant (asked to wait {wait:g} s); "
-                        "the next scheduled pull tries again.",
-                        retryable=True,
-                        retry_after=wait,
-                        code=ErrorCode.THROTTLED,
-                    ) from exc
-                log.info("cost query throttled; waiting %.0f s", wait)
-                sleep(wait)
-                waited += wait
-            except ProviderError:
-                raise
-            except Exception as exc:
-                raise translate(exc, what=f"cost of subscription {subscription_id}") from exc
-
-    def query(body: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-        result = throttled(
-            lambda: client.query.usage(scope=f"/subscriptions/{subscription_id}", parameters=body)
-        )
-        if result is None or result.properties is None:  # 204: no data for the period
-            return [], []
-        props = result.properties
-        columns = [c.name for c in props.columns or []]
-        rows = list(props.rows or [])
-        next_link = props.next_link
-        pages = 1
-        while next_link and pages < 100:
-            # No pager for Query: the next page is the same body posted to nextLink.
-            response = throttled(
-                lambda link=next_link: _raise_for_status(
-                    client._client.send_request(HttpRequest("POST", link, json=body))
-                )
-            )
-            page = response.json().get("properties") or {}
-            rows += page.get("rows") or []
-            next_link = page.get("nextLink")
-            pages += 1
-        return columns, rows
-
-    columns, rows = query(cost_query_body(start, end))
-    found = cost_rows_parse(columns, rows) if columns else []
-    columns, rows = query(managed_cost_query_body(start, end))
-    found += managed_rows(columns, rows) if columns else []
-    return found, waited
-
-
-def _raise_for_status(response: Any) -> Any:
-    if response.status_code >= 400:
-        raise HttpResponseError(response=response)
-    return response

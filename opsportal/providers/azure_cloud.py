@@ -24,6 +24,7 @@ The rest of the code calls the small functions below and never reads these setti
 
 import functools
 import os
+import shutil
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
+import requests
+from azure.identity import DefaultAzureCredential
 from django.conf import settings
 
 PUBLIC_ARM = "https://management.azure.com"
@@ -88,8 +92,6 @@ def cloud() -> Cloud:
 
 @functools.lru_cache(maxsize=8)
 def _cloud_from_metadata(arm: str, bundle: str) -> Cloud:
-    import requests
-
     url = f"{arm}/metadata/endpoints?api-version={METADATA_API_VERSION}"
     try:
         response = requests.get(url, timeout=30, verify=_verify_for(bundle))
@@ -132,8 +134,6 @@ def _verify_for(bundle: str) -> bool | str:
 
 
 def _default_bundle() -> str:
-    import certifi
-
     return (
         os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or certifi.where()
     )
@@ -178,6 +178,24 @@ def _tls_kwargs() -> dict[str, Any]:
 
 # --- credentials and SDK clients --------------------------------------------------------------
 
+# Extra keyword arguments for every Azure client the providers build (the contract tests set
+# retry_total=0 and polling_interval=0 here, so the jobs' own retry is what they exercise).
+CLIENT_DEFAULTS: dict[str, Any] = {}
+
+
+def configured() -> tuple[bool, str]:
+    """Whether any credential source is set up (without asking Azure), and which."""
+    if os.environ.get("AZURE_CLIENT_ID") and os.environ.get("AZURE_TENANT_ID"):
+        return True, "service principal or workload identity from AZURE_* variables"
+    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT"):
+        return True, "managed identity"
+    if shutil.which("az") and os.path.isdir(os.path.expanduser("~/.azure")):
+        return True, "Azure CLI login (az login)"
+    return False, (
+        "Azure is not configured: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET "
+        "(or a certificate), run on a managed identity, or sign in with `az login`."
+    )
+
 
 def authority_host() -> str:
     """AZURE_AUTHORITY_HOST, else the cloud's login endpoint."""
@@ -199,8 +217,6 @@ def credential_kwargs() -> dict[str, Any]:
 def credential() -> Any:
     """The console's credential: DefaultAzureCredential (service principal from AZURE_* variables,
     workload or managed identity, Azure CLI login) for the configured cloud."""
-    from azure.identity import DefaultAzureCredential
-
     return DefaultAzureCredential(
         exclude_interactive_browser_credential=True, **credential_kwargs()
     )

@@ -8,16 +8,17 @@ the console. `for_workspace` returns the back end of a workspace: a workspace ro
 provider, so Azure and local workspaces live side by side.
 """
 
-import contextlib
-import importlib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from opsportal.inventory.models import Workspace
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from opsportal.inventory.models import Workspace
 
 # Azure's rule for endpoint and deployment names: letters, digits and hyphens, 3-32, starting
 # with a letter and not ending with a hyphen.
@@ -140,6 +141,34 @@ class InstanceType:
     family: str
 
 
+@dataclass(frozen=True)
+class ComputeSnapshot:
+    """Instance types and core quota of a workspace's region, as far as the console knows them
+    without waiting on the cloud: the local runtime's are live, Azure's the sync's snapshot."""
+
+    sizes: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (cores, family)
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # family -> (used, limit)
+    known: bool = False
+
+
+@dataclass(frozen=True)
+class MarketplaceSubscriptionInfo:
+    name: str
+    model_id: str
+    status: str  # a MarketplaceStatus
+    provisioning_state: str
+    resource_id: str
+    publisher_id: str = ""
+    offer_id: str = ""
+    plan_id: str = ""
+
+
+@dataclass(frozen=True)
+class MarketplaceBilling:
+    subscription: MarketplaceSubscriptionInfo
+    saas_resource_id: str  # "" when the resource group holds none, or several alike
+
+
 # A line for the job's log about one call the back end made (never a secret).
 CallNote = Callable[[str], None]
 
@@ -154,7 +183,7 @@ class WorkspaceBackend(Protocol):
     # Marketplace subscriptions (locally: accepting the model's licence)
     def subscription_status(self, *, offering_slug: str) -> MarketplaceStatus | None: ...
     def subscription_create(self, *, offering_slug: str) -> str: ...
-    def subscription_billing(self, *, offering_slug: str) -> Any:
+    def subscription_billing(self, *, offering_slug: str) -> MarketplaceBilling | None:
         """What the subscription bills on (Azure: its SaaS resource), or None."""
         ...
 
@@ -189,37 +218,26 @@ class WorkspaceBackend(Protocol):
     # Compute for managed deployments
     def instance_types(self) -> list[InstanceType]: ...
     def core_usage(self) -> list[CoreUsage]: ...
+    def compute_snapshot(self) -> ComputeSnapshot: ...
 
 
-_FACTORIES: dict[str, Callable[..., WorkspaceBackend]] = {}
-
-
-def register(name: str) -> Callable[[Any], Any]:
-    """Register the back end class (or factory) for workspaces of provider `name`."""
-
-    def decorate(factory: Any) -> Any:
-        _FACTORIES[name] = factory
-        return factory
-
-    return decorate
+@functools.cache
+def _factory(path: str) -> Callable[..., WorkspaceBackend]:
+    return import_string(path)
 
 
 def for_workspace(
-    workspace: "Workspace", *, correlation_id: str | None = None, note: CallNote | None = None
+    workspace: Workspace, *, correlation_id: str | None = None, note: CallNote | None = None
 ) -> WorkspaceBackend:
     """The back end of a workspace. `correlation_id` ties every call to a job (Azure's
     x-ms-correlation-request-id); `note` receives a line per call that changes something."""
-    if workspace.provider not in _FACTORIES:
-        # Back ends register when their module is imported; import on first use, so a process
-        # that never talks to Azure never loads the Azure SDK.
-        with contextlib.suppress(ImportError):
-            importlib.import_module(f"opsportal.providers.{workspace.provider}")
-    try:
-        factory = _FACTORIES[workspace.provider]
-    except KeyError:
+    # settings.OPSPORTAL_PROVIDERS names each back end's class; it is imported on first use,
+    # so a process that never talks to Azure never loads the Azure SDK.
+    path = settings.OPSPORTAL_PROVIDERS.get(workspace.provider)
+    if not path:
         raise ProviderError(
             f"No back end is available for {workspace.get_provider_display()} workspaces "
             "in this version of the console.",
             code=ErrorCode.UNAVAILABLE,
-        ) from None
-    return factory(workspace, correlation_id=correlation_id, note=note)
+        )
+    return _factory(path)(workspace, correlation_id=correlation_id, note=note)

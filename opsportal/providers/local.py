@@ -23,6 +23,7 @@ from opsportal.inventory.models import (
 )
 from opsportal.providers.base import (
     ENDPOINT_NAME_RE,
+    ComputeSnapshot,
     CoreUsage,
     DeploymentInfo,
     EndpointInfo,
@@ -31,7 +32,6 @@ from opsportal.providers.base import (
     InstanceType,
     MarketplaceStatus,
     ProviderError,
-    register,
 )
 from opsportal.runtime.control import INSTANCE_TYPES, machine_cores, scoring_uri
 from opsportal.runtime.models import KeySlot, LocalKey
@@ -71,7 +71,6 @@ def _info(ep: Endpoint) -> EndpointInfo:
     )
 
 
-@register(Provider.LOCAL)
 class LocalProvider:
     # The runtime's desired state is the inventory: this provider writes the rows itself.
     owns_inventory = True
@@ -235,6 +234,14 @@ class LocalProvider:
                 region=self.workspace.region, family=CORE_FAMILY, used=used, limit=machine_cores()
             )
         ]
+
+    def compute_snapshot(self) -> ComputeSnapshot:
+        """This machine's instance types and cores, live."""
+        return ComputeSnapshot(
+            sizes={t.name: (t.cores, t.family) for t in self.instance_types()},
+            usage={u.family: (u.used, u.limit) for u in self.core_usage()},
+            known=True,
+        )
 
     def deployment_create(
         self,

@@ -115,6 +115,9 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model_path: str, *, n_ctx: int, n_threads: int, slots: int = 1) -> None:
+        # llama_cpp is imported here and in _Scheduler, not at the top: the web and worker
+        # processes import this module (through runtime.control) for its names only, and only
+        # a process that runs a model should load libllama and its OpenMP runtime.
         from llama_cpp import llama_cpp
         from llama_cpp._internals import LlamaModel
         from llama_cpp._logger import set_verbose
@@ -148,7 +151,7 @@ class Engine:
         weakref.finalize(self, self._scheduler.close)
 
     def _chat_formatter(self):  # type: ignore[no-untyped-def]
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # late: see Engine.__init__
 
         template = self._metadata.get("tokenizer.chat_template")
         if not template:
@@ -332,7 +335,7 @@ class _Scheduler:
     """The decode thread and everything it owns: context, batch, slots, queues."""
 
     def __init__(self, engine: Engine, *, n_ctx: int, n_threads: int, slots: int) -> None:
-        from llama_cpp import llama_cpp
+        from llama_cpp import llama_cpp  # late: see Engine.__init__
 
         self.lib = llama_cpp
         self.model = engine.model  # keeps the model alive as long as the context

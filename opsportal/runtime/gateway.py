@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -327,8 +328,6 @@ class Gateway:
         ttft: float | None = None,
         stream: bool = False,
     ) -> None:
-        from django.utils import timezone
-
         self.meter.record(
             **meta,
             status_code=status,

@@ -3,19 +3,19 @@ by its heartbeat, re-queued by the reaper if its worker dies, cancellable betwee
 
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import JobRecorder, runner
-from opsportal.providers import azure
+from opsportal.providers import azure_cloud
 from opsportal.providers.base import ErrorCode, ProviderError
 from opsportal.sync.services import configured_subscription_ids, inventory_sync_azure
 
 
 @runner(Job.Kind.AZURE_SYNC)
 def azure_sync_run(rec: JobRecorder) -> None:
-    configured, how = azure.azure_configuration()
+    configured, how = azure_cloud.configured()
     if not configured:
         raise ProviderError(how, code=ErrorCode.UNAVAILABLE)
     rec.step(1, f"Signing in to Azure ({how}); correlation id {rec.job.correlation_id}")
     report = inventory_sync_azure(
-        credential=azure.default_credential(),
+        credential=azure_cloud.credential(),
         subscription_ids=configured_subscription_ids(),
         progress=rec.step,
         correlation_id=str(rec.job.correlation_id),

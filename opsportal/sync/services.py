@@ -31,11 +31,9 @@ from opsportal.inventory.models import (
     Workspace,
 )
 from opsportal.inventory.services import compute_quota_store, endpoint_row_store
-from opsportal.providers.azure import (
-    AzureProvider,
+from opsportal.providers.azure import AzureProvider
+from opsportal.providers.azure_arm import (
     BucketPolicy,
-    EndpointInfo,
-    MarketplaceSubscriptionInfo,
     ResourceGroupInfo,
     WorkspaceInfo,
     client_policies,
@@ -45,7 +43,7 @@ from opsportal.providers.azure import (
     unversioned,
     workspaces_list,
 )
-from opsportal.providers.base import ProviderError
+from opsportal.providers.base import EndpointInfo, MarketplaceSubscriptionInfo, ProviderError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, str], None]

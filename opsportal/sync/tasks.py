@@ -4,15 +4,14 @@ from celery import shared_task
 
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_create
+from opsportal.providers import azure_cloud
 
 
 @shared_task
 def azure_sync_scheduled() -> int | None:
     """A sync job when Azure is configured and none is waiting or running. A sync whose worker
     died is not in the way for long: the reaper queues it again once its heartbeat stops."""
-    from opsportal.providers.azure import azure_configuration
-
-    if not azure_configuration()[0]:
+    if not azure_cloud.configured()[0]:
         return None
     if Job.objects.filter(
         kind=Job.Kind.AZURE_SYNC, status__in=[Job.Status.PENDING, Job.Status.RUNNING]

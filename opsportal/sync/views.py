@@ -8,11 +8,11 @@ from opsportal.accounts.permissions import mutation
 from opsportal.inventory import selectors
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_create
-from opsportal.providers.azure import azure_configuration
+from opsportal.providers import azure_cloud
 
 
 def accounts_list(request: HttpRequest) -> HttpResponse:
-    configured, how = azure_configuration()
+    configured, how = azure_cloud.configured()
     return render(
         request,
         "inventory/accounts.html",

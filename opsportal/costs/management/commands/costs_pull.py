@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from opsportal.costs.services import azure_costs_pull_all, local_costs_compute
-from opsportal.providers import azure
+from opsportal.providers import azure_cloud
 
 
 class Command(BaseCommand):
@@ -15,12 +15,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, force: bool, **options: object) -> None:
         self.stdout.write(f"Local runtime: {local_costs_compute()} meter rows.")
-        configured, how = azure.azure_configuration()
+        configured, how = azure_cloud.configured()
         if not configured:
             self.stdout.write(how)
             return
         failed = False
-        for pull in azure_costs_pull_all(credential=azure.default_credential(), force=force):
+        for pull in azure_costs_pull_all(credential=azure_cloud.credential(), force=force):
             line = pull.error or f"{pull.rows} rows, data as of {pull.data_as_of or '-'}"
             self.stdout.write(f"{pull.account.display_name}: {line}")
             failed = failed or bool(pull.error)
