@@ -7,7 +7,7 @@ from django.http import (
     HttpResponseRedirect,
     JsonResponse,
 )
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
@@ -18,14 +18,8 @@ from opsportal.chat.forms import ChatForm
 from opsportal.chat.grants import grant_issue
 from opsportal.chat.models import ChatTurn
 from opsportal.inventory.models import Endpoint, ProvisioningState
-from opsportal.inventory.selectors import visible_endpoints
+from opsportal.inventory.selectors import endpoint_for, visible_endpoints
 from opsportal.providers import ProviderError
-
-
-def _endpoint(request: HttpRequest, pk: int) -> Endpoint:
-    return get_object_or_404(
-        visible_endpoints(request.user).select_related("workspace", "offering"), pk=pk
-    )
 
 
 def tab_context(request: HttpRequest, endpoint: Endpoint) -> dict[str, object]:
@@ -50,8 +44,7 @@ def _grant(request: HttpRequest, turn: ChatTurn) -> None:
 
 @mutation(Role.OPERATOR)
 def turn_create(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
+    endpoint = endpoint_for(request, pk, Role.OPERATOR)
     form = ChatForm(request.POST, endpoint=endpoint)
     if not form.is_valid():
         # 422 with the form and its field errors; htmx swaps it in place (see base.html).
@@ -70,8 +63,7 @@ def turn_create(request: HttpRequest, pk: int) -> HttpResponse:
 
 @mutation(Role.OPERATOR)
 def chat_clear(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
+    endpoint = endpoint_for(request, pk, Role.OPERATOR)
     services.chat_clear(user=request.user, endpoint=endpoint)
     if request.htmx:
         return HttpResponse("")
@@ -80,7 +72,7 @@ def chat_clear(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def chat_export(request: HttpRequest, pk: int) -> JsonResponse:
-    endpoint = _endpoint(request, pk)
+    endpoint = endpoint_for(request, pk)
     response = JsonResponse(
         services.transcript_export(user=request.user, endpoint=endpoint),
         json_dumps_params={"indent": 2},

@@ -103,7 +103,7 @@ def team_detail(request: HttpRequest, slug: str, form: MemberForm | None = None)
         {
             "team": team,
             "members": members,
-            "workspaces": team.workspaces.filter(deleted_at__isnull=True).order_by("name"),
+            "workspaces": team.workspaces.alive().order_by("name"),
             "role": role_on(request.user, team),
             "form": form or MemberForm(),
             "roles": Role.choices,
@@ -208,7 +208,7 @@ def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _overview_tab(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
-    return {"deployments": endpoint.deployments.filter(deleted_at__isnull=True)}
+    return {"deployments": endpoint.deployments.alive()}
 
 
 def _jobs_tab(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
@@ -233,12 +233,7 @@ ENDPOINT_TABS = {
 
 
 def endpoint_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = get_object_or_404(
-        selectors.visible_endpoints(request.user).select_related(
-            "workspace", "workspace__account", "workspace__team", "offering"
-        ),
-        pk=pk,
-    )
+    endpoint = selectors.endpoint_for(request, pk)
     tab = request.GET.get("tab", "overview")
     tab = tab if tab in ENDPOINT_TABS else "overview"
     context = {

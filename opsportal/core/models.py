@@ -1,8 +1,25 @@
-"""The audit log: who did what to which object, when, with what result. Every app records
-into it (opsportal.core.audit.audit_record); it never holds a secret."""
+"""What every app builds on: rows that are deleted by marking them (`deleted_at`), and the audit
+log (who did what to which object, when, with what result; every app records into it through
+opsportal.core.audit.audit_record, and it never holds a secret)."""
+
+from typing import Self
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+
+
+def alive(path: str = "") -> Q:
+    """Rows not marked deleted, for filters that cross a relation: alive("endpoints") keeps the
+    endpoints that are still there, e.g. in Count(..., filter=alive("endpoints"))."""
+    return Q(**{f"{path}__deleted_at__isnull" if path else "deleted_at__isnull": True})
+
+
+class LiveQuerySet(models.QuerySet):
+    """The queryset of models deleted by marking `deleted_at` (kept for history and cost)."""
+
+    def alive(self) -> Self:
+        return self.filter(deleted_at__isnull=True)
 
 
 class AuditEvent(models.Model):

@@ -222,9 +222,7 @@ def core_gauges(*, accounts: Any = None, include_local: bool = True) -> list[Gau
     """VM core usage against the limit, per region and VM family."""
     gauges = []
     local = (
-        Workspace.objects.filter(provider=Provider.LOCAL, deleted_at__isnull=True).first()
-        if include_local
-        else None
+        Workspace.objects.alive().filter(provider=Provider.LOCAL).first() if include_local else None
     )
     if local is not None:
         for usage in for_workspace(local).core_usage():

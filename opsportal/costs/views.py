@@ -119,7 +119,7 @@ def meter_rows_csv(filename: str, qs: QuerySet) -> HttpResponse:
 
 
 def endpoint_costs_export(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = get_object_or_404(selectors.visible_endpoints(request.user), pk=pk)
+    endpoint = selectors.endpoint_for(request, pk)
     return meter_rows_csv(
         f"opsportal-{endpoint.name}-costs.csv", CostDaily.objects.filter(endpoint=endpoint)
     )
@@ -147,9 +147,7 @@ def _subscription(request: HttpRequest, pk: int) -> MarketplaceSubscription:
 
 def marketplace_subscription_detail(request: HttpRequest, pk: int) -> HttpResponse:
     sub = _subscription(request, pk)
-    endpoints = sub.workspace.endpoints.filter(
-        offering=sub.offering, kind="serverless", deleted_at__isnull=True
-    )
+    endpoints = sub.workspace.endpoints.alive().filter(offering=sub.offering, kind="serverless")
     return render(
         request,
         "costs/subscription.html",

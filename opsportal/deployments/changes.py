@@ -40,7 +40,7 @@ def change_running(*, endpoint: Endpoint) -> Job | None:
 
 
 def live_deployments(endpoint: Endpoint) -> dict[str, ManagedDeployment]:
-    return {d.name: d for d in endpoint.deployments.filter(deleted_at__isnull=True)}
+    return {d.name: d for d in endpoint.deployments.alive()}
 
 
 def scale_check(*, endpoint: Endpoint, name: str, instance_count: int) -> str:

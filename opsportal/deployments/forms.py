@@ -68,11 +68,11 @@ class DeployForm(forms.Form):
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["workspace"].queryset = deployable_workspaces(user)
-        self.fields["existing"].queryset = Endpoint.objects.filter(
-            workspace__in=self.fields["workspace"].queryset,
-            kind=Endpoint.Kind.MANAGED,
-            deleted_at__isnull=True,
-        ).select_related("workspace")
+        self.fields["existing"].queryset = (
+            Endpoint.objects.alive()
+            .filter(workspace__in=self.fields["workspace"].queryset, kind=Endpoint.Kind.MANAGED)
+            .select_related("workspace")
+        )
         self.checks: list[Check] = []
         self.facts: ComputeSnapshot | None = None
         workspace = self._chosen_workspace()

@@ -49,7 +49,7 @@ def endpoint_row_refresh(
     """The inventory row of an endpoint as the provider describes it now."""
     if not provider.owns_inventory:
         endpoint_row_store(workspace=workspace, info=info, offering=offering, now=timezone.now())
-    return Endpoint.objects.get(workspace=workspace, name=info.name, deleted_at__isnull=True)
+    return Endpoint.objects.alive().get(workspace=workspace, name=info.name)
 
 
 def endpoint_track(
@@ -61,10 +61,9 @@ def endpoint_track(
         return None  # the provider's create writes the row
     try:
         with transaction.atomic():
-            row, _ = Endpoint.objects.get_or_create(
+            row, _ = Endpoint.objects.alive().get_or_create(
                 workspace=workspace,
                 name=name,
-                deleted_at__isnull=True,
                 defaults={
                     "kind": kind,
                     "offering": offering,
@@ -190,9 +189,7 @@ class Deploy:
         return self.params.get("deployment_name") or "default"
 
     def endpoint(self) -> Endpoint:
-        return Endpoint.objects.get(
-            workspace=self.workspace, name=self.name, deleted_at__isnull=True
-        )
+        return Endpoint.objects.alive().get(workspace=self.workspace, name=self.name)
 
 
 @runner(Job.Kind.DEPLOY)
@@ -272,10 +269,9 @@ def subscribe(d: Deploy) -> None:
             "method and your permissions, then retry.",
             code=ErrorCode.SUBSCRIPTION_FAILED,
         )
-    MarketplaceSubscription.objects.update_or_create(
+    MarketplaceSubscription.objects.alive().update_or_create(
         workspace=d.workspace,
         offering=offering,
-        deleted_at__isnull=True,
         defaults={"name": slug, "state": MarketplaceSubscription.State.SUCCEEDED},
     )
     rec.audit("marketplace.subscribe", detail=f"terms accepted for {offering.display_name}")
@@ -296,10 +292,9 @@ def billing_record(d: Deploy) -> None:
     if billing is None:
         return
     s = billing.subscription
-    MarketplaceSubscription.objects.update_or_create(
+    MarketplaceSubscription.objects.alive().update_or_create(
         workspace=d.workspace,
         offering=d.offering,
-        deleted_at__isnull=True,
         defaults={
             "name": s.name,
             "state": {"Subscribed": "Succeeded"}.get(s.status, s.status),
@@ -455,10 +450,10 @@ def delete_run(rec: JobRecorder) -> None:
     if row is not None:
         now = timezone.now()
         with transaction.atomic():
-            Endpoint.objects.filter(pk=row.pk, deleted_at__isnull=True).update(
+            Endpoint.objects.alive().filter(pk=row.pk).update(
                 deleted_at=now, provisioning_state=ProvisioningState.DELETING, updated_at=now
             )
-            row.deployments.filter(deleted_at__isnull=True).update(deleted_at=now)
+            row.deployments.alive().update(deleted_at=now)
             RotationSchedule.objects.filter(endpoint=row).update(enabled=False, next_run_at=None)
         rec.step(80, "Forgetting its keys")
         secrets_forget(endpoint=row)
@@ -507,7 +502,8 @@ class Change:
     def load(cls, rec: JobRecorder) -> "Change":
         endpoint = (
             Endpoint.objects.select_related("workspace", "workspace__account", "offering")
-            .filter(pk=rec.job.params["endpoint_id"], deleted_at__isnull=True)
+            .alive()
+            .filter(pk=rec.job.params["endpoint_id"])
             .first()
         )
         if endpoint is None or endpoint.kind != Endpoint.Kind.MANAGED:

@@ -167,9 +167,8 @@ def _where(spec: DeploySpec, ws: Workspace, offering: Offering) -> Check:
 def _marketplace(spec: DeploySpec, ws: Workspace, offering: Offering) -> Check:
     title = "Marketplace subscription"
     state = (
-        MarketplaceSubscription.objects.filter(
-            workspace=ws, offering=offering, deleted_at__isnull=True
-        )
+        MarketplaceSubscription.objects.alive()
+        .filter(workspace=ws, offering=offering)
         .values_list("state", flat=True)
         .first()
     )
@@ -211,9 +210,11 @@ def _marketplace(spec: DeploySpec, ws: Workspace, offering: Offering) -> Check:
 
 def _one_per_model(ws: Workspace, offering: Offering) -> Check:
     title = "One serverless deployment per model per workspace"
-    existing = Endpoint.objects.filter(
-        workspace=ws, offering=offering, kind=Endpoint.Kind.SERVERLESS, deleted_at__isnull=True
-    ).first()
+    existing = (
+        Endpoint.objects.alive()
+        .filter(workspace=ws, offering=offering, kind=Endpoint.Kind.SERVERLESS)
+        .first()
+    )
     if existing is not None:
         return Check(
             "one_per_model",
@@ -233,7 +234,7 @@ def _name(spec: DeploySpec, ws: Workspace) -> Check:
         ep = spec.existing_endpoint
         if ep is None:
             return Check("name", "Endpoint", "todo", "Choose the endpoint.", field="existing")
-        if ep.deployments.filter(name=spec.deployment_name, deleted_at__isnull=True).exists():
+        if ep.deployments.alive().filter(name=spec.deployment_name).exists():
             return Check(
                 "name",
                 "Deployment name",
@@ -257,7 +258,8 @@ def _name(spec: DeploySpec, ws: Workspace) -> Check:
         )
     # The name is part of the endpoint URL, so it must be unique in the whole region.
     taken = (
-        Endpoint.objects.filter(name__iexact=name, deleted_at__isnull=True)
+        Endpoint.objects.alive()
+        .filter(name__iexact=name)
         .filter(region=ws.region)
         .select_related("workspace")
         .first()
@@ -289,9 +291,7 @@ def _managed(spec: DeploySpec, ws: Workspace, facts: ComputeSnapshot) -> list[Ch
             )
         )
     if spec.endpoint_mode == "existing" and spec.existing_endpoint is not None:
-        others = spec.existing_endpoint.deployments.filter(deleted_at__isnull=True).aggregate(
-            t=Sum("traffic_percent")
-        )["t"]
+        others = spec.existing_endpoint.deployments.alive().aggregate(t=Sum("traffic_percent"))["t"]
         if (others or 0) + spec.traffic_percent > 100:
             checks.append(
                 Check(

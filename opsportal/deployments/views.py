@@ -1,6 +1,6 @@
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 
 from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import has_role, mutation, require_role, role_on
@@ -65,14 +65,8 @@ def deploy_create(request: HttpRequest) -> HttpResponse:
     return redirect(request, job.get_absolute_url())
 
 
-def _endpoint(request: HttpRequest, pk: int) -> Endpoint:
-    return get_object_or_404(
-        selectors.visible_endpoints(request.user).select_related("workspace", "offering"), pk=pk
-    )
-
-
 def endpoint_delete_confirm(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
+    endpoint = selectors.endpoint_for(request, pk)
     return render(
         request,
         "deployments/delete.html",
@@ -86,8 +80,7 @@ def endpoint_delete_confirm(request: HttpRequest, pk: int) -> HttpResponse:
 
 @mutation(Role.OPERATOR)
 def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
+    endpoint = selectors.endpoint_for(request, pk, Role.OPERATOR)
     typed = request.POST.get("confirm", "").strip()
     running = delete_running(endpoint=endpoint)
     if running is not None:
@@ -111,18 +104,11 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
 # --- a managed endpoint's deployments ----------------------------------------------------------
 
 
-def _managed(request: HttpRequest, pk: int) -> Endpoint:
-    endpoint = _endpoint(request, pk)
-    if endpoint.kind != Endpoint.Kind.MANAGED:
-        raise Http404("Only managed endpoints have deployments.")
-    return endpoint
-
-
 def deployments_manage(
     request: HttpRequest, pk: int, *, refused: ChangeRefused | None = None, status: int = 200
 ) -> HttpResponse:
     """Scale a deployment, split the traffic, remove one: each a job with its pre-flight."""
-    endpoint = _managed(request, pk)
+    endpoint = selectors.endpoint_for(request, pk, kind=Endpoint.Kind.MANAGED)
     deployments = sorted(live_deployments(endpoint).values(), key=lambda d: d.name)
     typed = request.POST if refused else {}
     rows = [
@@ -144,12 +130,6 @@ def deployments_manage(
     )
 
 
-def _operator_endpoint(request: HttpRequest, pk: int) -> Endpoint:
-    endpoint = _managed(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
-    return endpoint
-
-
 def _change(request: HttpRequest, endpoint: Endpoint, kind: str, **params: object) -> HttpResponse:
     try:
         requested = change_request(endpoint=endpoint, user=request.user, kind=kind, **params)
@@ -167,7 +147,7 @@ def _whole_number(value: str | None) -> int | None:
 
 @mutation(Role.OPERATOR)
 def deployment_scale(request: HttpRequest, pk: int, name: str) -> HttpResponse:
-    endpoint = _operator_endpoint(request, pk)
+    endpoint = selectors.endpoint_for(request, pk, Role.OPERATOR, kind=Endpoint.Kind.MANAGED)
     count = _whole_number(request.POST.get("instance_count"))
     if count is None:
         refused = ChangeRefused("Enter a whole number of instances.", field="instance_count")
@@ -177,7 +157,7 @@ def deployment_scale(request: HttpRequest, pk: int, name: str) -> HttpResponse:
 
 @mutation(Role.OPERATOR)
 def endpoint_traffic(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _operator_endpoint(request, pk)
+    endpoint = selectors.endpoint_for(request, pk, Role.OPERATOR, kind=Endpoint.Kind.MANAGED)
     traffic = {
         key.removeprefix("traffic-"): _whole_number(value)
         for key, value in request.POST.items()
@@ -191,5 +171,5 @@ def endpoint_traffic(request: HttpRequest, pk: int) -> HttpResponse:
 
 @mutation(Role.OPERATOR)
 def deployment_remove(request: HttpRequest, pk: int, name: str) -> HttpResponse:
-    endpoint = _operator_endpoint(request, pk)
+    endpoint = selectors.endpoint_for(request, pk, Role.OPERATOR, kind=Endpoint.Kind.MANAGED)
     return _change(request, endpoint, Job.Kind.DEPLOYMENT_DELETE, name=name)

@@ -8,6 +8,8 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+from opsportal.core.models import LiveQuerySet
+
 
 class Provider(models.TextChoices):
     AZURE = "azure", "Azure"
@@ -106,6 +108,8 @@ class Workspace(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LiveQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -242,6 +246,8 @@ class MarketplaceSubscription(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
+    objects = LiveQuerySet.as_manager()
+
     class Meta:
         ordering = ["workspace__name", "offering__model_name"]
         constraints = [
@@ -288,6 +294,8 @@ class Endpoint(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LiveQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -362,6 +370,8 @@ class ManagedDeployment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LiveQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

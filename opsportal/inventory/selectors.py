@@ -4,8 +4,11 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404, HttpRequest
+from django.shortcuts import get_object_or_404
 
-from opsportal.accounts.permissions import team_ids_for
+from opsportal.accounts.permissions import require_role, team_ids_for
+from opsportal.core.models import alive
 from opsportal.inventory.models import (
     ATTENTION_STATES,
     CloudAccount,
@@ -19,17 +22,35 @@ User = AbstractBaseUser | AnonymousUser
 
 
 def visible_workspaces(user: User) -> QuerySet[Workspace]:
-    qs = Workspace.objects.filter(deleted_at__isnull=True)
+    qs = Workspace.objects.alive()
     if user.is_superuser:
         return qs
     return qs.filter(team_id__in=team_ids_for(user))
 
 
 def visible_endpoints(user: User) -> QuerySet[Endpoint]:
-    qs = Endpoint.objects.filter(deleted_at__isnull=True, workspace__deleted_at__isnull=True)
+    qs = Endpoint.objects.alive().filter(alive("workspace"))
     if user.is_superuser:
         return qs
     return qs.filter(workspace__team_id__in=team_ids_for(user))
+
+
+def endpoint_for(
+    request: HttpRequest, pk: int, role: str | None = None, *, kind: str | None = None
+) -> Endpoint:
+    """The endpoint a page or action is about: 404 unless the signed-in user may see it (or it
+    is not of `kind`), 403 unless they hold `role` on its team when a role is named."""
+    endpoint = get_object_or_404(
+        visible_endpoints(request.user).select_related(
+            "workspace", "workspace__account", "workspace__team", "offering"
+        ),
+        pk=pk,
+    )
+    if kind is not None and endpoint.kind != kind:
+        raise Http404(f"Only {kind} endpoints have this page.")
+    if role is not None:
+        require_role(request.user, endpoint.workspace.team_id, role)
+    return endpoint
 
 
 def visible_accounts(user: User) -> QuerySet[CloudAccount]:
@@ -39,7 +60,7 @@ def visible_accounts(user: User) -> QuerySet[CloudAccount]:
 
 
 def accounts_with_counts(user: User) -> QuerySet[CloudAccount]:
-    ws_filter = Q(workspaces__deleted_at__isnull=True)
+    ws_filter = alive("workspaces")
     if not user.is_superuser:
         ws_filter &= Q(workspaces__team_id__in=team_ids_for(user))
     return visible_accounts(user).annotate(
@@ -51,18 +72,14 @@ def workspaces_with_counts(user: User) -> QuerySet[Workspace]:
     return (
         visible_workspaces(user)
         .select_related("account", "team")
-        .annotate(
-            endpoint_count=Count(
-                "endpoints", filter=Q(endpoints__deleted_at__isnull=True), distinct=True
-            )
-        )
+        .annotate(endpoint_count=Count("endpoints", filter=alive("endpoints"), distinct=True))
         .order_by("name", "pk")
     )
 
 
 def workspace_subscriptions(workspace: Workspace) -> QuerySet[MarketplaceSubscription]:
     return (
-        workspace.marketplace_subscriptions.filter(deleted_at__isnull=True)
+        workspace.marketplace_subscriptions.alive()
         .select_related("offering")
         .order_by("offering__family", "offering__model_name")
     )
@@ -70,13 +87,9 @@ def workspace_subscriptions(workspace: Workspace) -> QuerySet[MarketplaceSubscri
 
 def workspace_endpoints(workspace: Workspace) -> QuerySet[Endpoint]:
     return (
-        workspace.endpoints.filter(deleted_at__isnull=True)
+        workspace.endpoints.alive()
         .select_related("offering")
-        .annotate(
-            deployment_count=Count(
-                "deployments", filter=Q(deployments__deleted_at__isnull=True), distinct=True
-            )
-        )
+        .annotate(deployment_count=Count("deployments", filter=alive("deployments"), distinct=True))
         .order_by("name")
     )
 
@@ -156,9 +169,11 @@ def dashboard_counts(user: User) -> dict[str, int]:
     workspaces = visible_workspaces(user).aggregate(
         workspaces=Count("pk"), accounts=Count("account", distinct=True)
     )
-    subscriptions = MarketplaceSubscription.objects.filter(
-        deleted_at__isnull=True, workspace__in=visible_workspaces(user)
-    ).count()
+    subscriptions = (
+        MarketplaceSubscription.objects.alive()
+        .filter(workspace__in=visible_workspaces(user))
+        .count()
+    )
     return {**endpoints, **workspaces, "subscriptions": subscriptions}
 
 

@@ -65,10 +65,9 @@ def deployments_store(*, endpoint: Any, deployments: Any, now: Any) -> None:
     names = []
     for d in deployments:
         names.append(d.name)
-        ManagedDeployment.objects.update_or_create(
+        ManagedDeployment.objects.alive().update_or_create(
             endpoint=endpoint,
             name=d.name,
-            deleted_at__isnull=True,
             defaults={
                 "vm_sku": d.instance_type,
                 "instance_count": max(1, d.instance_count),
@@ -76,9 +75,7 @@ def deployments_store(*, endpoint: Any, deployments: Any, now: Any) -> None:
                 "state": d.state,
             },
         )
-    endpoint.deployments.filter(deleted_at__isnull=True).exclude(name__in=names).update(
-        deleted_at=now
-    )
+    endpoint.deployments.alive().exclude(name__in=names).update(deleted_at=now)
 
 
 def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: Any) -> Any:
@@ -98,8 +95,8 @@ def endpoint_row_store(*, workspace: Workspace, info: Any, offering: Any, now: A
         defaults["model_id"] = info.model_id
     if info.status_message:
         defaults["status_message"] = info.status_message
-    endpoint, _ = Endpoint.objects.update_or_create(
-        workspace=workspace, name=info.name, deleted_at__isnull=True, defaults=defaults
+    endpoint, _ = Endpoint.objects.alive().update_or_create(
+        workspace=workspace, name=info.name, defaults=defaults
     )
     deployments_store(endpoint=endpoint, deployments=info.deployments, now=now)
     return endpoint

@@ -20,7 +20,8 @@ from opsportal.providers.base import ErrorCode, ProviderError
 def rotate_run(rec: JobRecorder) -> None:
     endpoint = (
         Endpoint.objects.select_related("workspace", "workspace__account", "offering")
-        .filter(pk=rec.job.params["endpoint_id"], deleted_at__isnull=True)
+        .alive()
+        .filter(pk=rec.job.params["endpoint_id"])
         .first()
     )
     if endpoint is None:

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from opsportal.core.audit import audit_record
+from opsportal.core.models import alive
 from opsportal.inventory.models import Endpoint, ProvisioningState
 from opsportal.jobs.models import Job
 from opsportal.jobs.services import job_request
@@ -79,9 +80,9 @@ def rotations_due_start(*, now: Any = None) -> list[int]:
     now = now or timezone.now()
     started = []
     due = RotationSchedule.objects.filter(
+        alive("endpoint"),
         enabled=True,
         next_run_at__lte=now,
-        endpoint__deleted_at__isnull=True,
         endpoint__provisioning_state=ProvisioningState.SUCCEEDED,
     ).select_related("endpoint", "endpoint__workspace")
     for schedule in due:

@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
@@ -10,7 +10,6 @@ from opsportal.accounts.models import Role
 from opsportal.accounts.permissions import (
     has_role,
     mutation,
-    require_role,
     role_on,
     team_ids_with_role,
 )
@@ -63,27 +62,16 @@ def keys_context(request: HttpRequest, endpoint: Endpoint) -> dict:
     }
 
 
-def _endpoint(request: HttpRequest, pk: int) -> Endpoint:
-    return get_object_or_404(
-        selectors.visible_endpoints(request.user).select_related(
-            "workspace", "workspace__account", "workspace__team", "offering"
-        ),
-        pk=pk,
-    )
-
-
 @mutation(Role.OPERATOR)
 def key_rotate(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
+    endpoint = selectors.endpoint_for(request, pk, Role.OPERATOR)
     job, _ = rotation_request(endpoint=endpoint, user=request.user)
     return redirect(request, job.get_absolute_url())
 
 
 @mutation(Role.OPERATOR)
 def key_schedule(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.OPERATOR)
+    endpoint = selectors.endpoint_for(request, pk, Role.OPERATOR)
     form = ScheduleForm(request.POST)
     status = 200
     if form.is_valid():
@@ -105,8 +93,7 @@ def key_schedule(request: HttpRequest, pk: int) -> HttpResponse:
 
 @mutation(Role.ADMIN)
 def key_reveal_view(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _endpoint(request, pk)
-    require_role(request.user, endpoint.workspace.team_id, Role.ADMIN)
+    endpoint = selectors.endpoint_for(request, pk, Role.ADMIN)
     slot = request.POST.get("slot", "")
     if slot not in KeySlot.values:
         return render(

@@ -12,6 +12,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from opsportal.core.crypto import decrypt, digest, encrypt
+from opsportal.core.models import alive
 from opsportal.inventory.models import (
     Endpoint,
     ManagedDeployment,
@@ -83,7 +84,8 @@ class LocalProvider:
     # --- reading ---------------------------------------------------------------------------
     def _endpoints(self):  # type: ignore[no-untyped-def]
         return (
-            Endpoint.objects.filter(workspace=self.workspace, deleted_at__isnull=True)
+            Endpoint.objects.alive()
+            .filter(workspace=self.workspace)
             .select_related("offering")
             .prefetch_related("deployments")
         )
@@ -117,19 +119,17 @@ class LocalProvider:
     # --- the Marketplace analog: accepting the model's licence -----------------------------
     def subscription_create(self, *, offering_slug: str) -> str:
         offering = self._offering(offering_slug)
-        sub, _ = MarketplaceSubscription.objects.get_or_create(
+        sub, _ = MarketplaceSubscription.objects.alive().get_or_create(
             workspace=self.workspace,
             offering=offering,
-            deleted_at__isnull=True,
             defaults={"name": offering.slug, "state": MarketplaceSubscription.State.SUCCEEDED},
         )
         return sub.state
 
     def subscription_status(self, *, offering_slug: str) -> MarketplaceStatus | None:
         state = (
-            MarketplaceSubscription.objects.filter(
-                workspace=self.workspace, offering__slug=offering_slug, deleted_at__isnull=True
-            )
+            MarketplaceSubscription.objects.alive()
+            .filter(workspace=self.workspace, offering__slug=offering_slug)
             .values_list("state", flat=True)
             .first()
         )
@@ -220,11 +220,8 @@ class LocalProvider:
     def core_usage(self) -> list[CoreUsage]:
         used = 0
         for dep in (
-            ManagedDeployment.objects.filter(
-                endpoint__workspace__provider=Provider.LOCAL,
-                deleted_at__isnull=True,
-                endpoint__deleted_at__isnull=True,
-            )
+            ManagedDeployment.objects.alive()
+            .filter(alive("endpoint"), endpoint__workspace__provider=Provider.LOCAL)
             .values("vm_sku")
             .annotate(n=Sum("instance_count"))
         ):
@@ -278,7 +275,7 @@ class LocalProvider:
                 f"{usage.limit} are free on this machine.",
                 code=ErrorCode.QUOTA_EXCEEDED,
             )
-        others = ep.deployments.filter(deleted_at__isnull=True).aggregate(t=Sum("traffic_percent"))
+        others = ep.deployments.alive().aggregate(t=Sum("traffic_percent"))
         if (others["t"] or 0) + traffic_percent > 100:
             raise ProviderError(
                 "Traffic across an endpoint's deployments cannot exceed 100 %.",
@@ -301,7 +298,7 @@ class LocalProvider:
         return _deployment_info(dep)
 
     def _deployment(self, ep: Endpoint, name: str) -> ManagedDeployment:
-        dep = ep.deployments.filter(name=name, deleted_at__isnull=True).first()
+        dep = ep.deployments.alive().filter(name=name).first()
         if dep is None:
             raise ProviderError(
                 f"No deployment {name!r} under {ep.name}.", code=ErrorCode.NOT_FOUND
@@ -336,7 +333,7 @@ class LocalProvider:
 
     def traffic_set(self, *, endpoint_name: str, traffic: dict[str, int]) -> dict[str, int]:
         ep = self._endpoint(endpoint_name)
-        live = {d.name: d for d in ep.deployments.filter(deleted_at__isnull=True)}
+        live = {d.name: d for d in ep.deployments.alive()}
         unknown = sorted(set(traffic) - set(live))
         if unknown:
             raise ProviderError(
@@ -357,8 +354,10 @@ class LocalProvider:
 
     def deployment_delete(self, *, endpoint_name: str, name: str) -> None:
         ep = self._endpoint(endpoint_name)
-        updated = ep.deployments.filter(name=name, deleted_at__isnull=True).update(
-            state=ProvisioningState.DELETING, traffic_percent=0
+        updated = (
+            ep.deployments.alive()
+            .filter(name=name)
+            .update(state=ProvisioningState.DELETING, traffic_percent=0)
         )
         if not updated:
             raise ProviderError(
@@ -368,11 +367,14 @@ class LocalProvider:
     # --- keys ------------------------------------------------------------------------------
     def keys_get(self, *, name: str) -> EndpointKeys:
         # One query: the test-chat relay asks for keys at the start of every answer.
-        rows = LocalKey.objects.filter(
-            endpoint__workspace=self.workspace,
-            endpoint__name=name,
-            endpoint__deleted_at__isnull=True,
-        ).values_list("slot", "encrypted")
+        rows = (
+            LocalKey.objects.filter(
+                endpoint__workspace=self.workspace,
+                endpoint__name=name,
+            )
+            .filter(alive("endpoint"))
+            .values_list("slot", "encrypted")
+        )
         keys = {slot: decrypt(encrypted) for slot, encrypted in rows}
         if set(keys) != {KeySlot.PRIMARY, KeySlot.SECONDARY}:
             self._endpoint(name)  # says "no such endpoint" when that is the reason

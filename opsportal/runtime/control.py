@@ -115,7 +115,8 @@ class Runtime:
 
     def reconcile(self) -> None:
         endpoints = list(
-            Endpoint.objects.filter(workspace__provider="local", deleted_at__isnull=True)
+            Endpoint.objects.alive()
+            .filter(workspace__provider="local")
             .select_related("offering")
             .prefetch_related("deployments")
         )
@@ -225,13 +226,13 @@ class Runtime:
             ).exclude(state__in=[deployment_state, ProvisioningState.DELETING]).update(
                 state=deployment_state, updated_at=timezone.now()
             )
-        ManagedDeployment.objects.filter(
-            endpoint=ep, deleted_at__isnull=True, state=ProvisioningState.DELETING
+        ManagedDeployment.objects.alive().filter(
+            endpoint=ep, state=ProvisioningState.DELETING
         ).update(deleted_at=timezone.now())
 
     def _finish_delete(self, ep: Endpoint) -> None:
         now = timezone.now()
-        ManagedDeployment.objects.filter(endpoint=ep, deleted_at__isnull=True).update(
+        ManagedDeployment.objects.alive().filter(endpoint=ep).update(
             deleted_at=now, state=ProvisioningState.DELETING
         )
         Endpoint.objects.filter(pk=ep.pk).update(deleted_at=now, updated_at=now)

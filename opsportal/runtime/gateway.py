@@ -58,7 +58,8 @@ class EndpointView:
 
 def _load_endpoint(name: str) -> EndpointView | None:
     ep = (
-        Endpoint.objects.filter(name=name, workspace__provider="local", deleted_at__isnull=True)
+        Endpoint.objects.alive()
+        .filter(name=name, workspace__provider="local")
         .select_related("offering")
         .prefetch_related("local_keys")
         .first()

@@ -167,7 +167,8 @@ def inventory_sync_azure(
             seen.append(workspace.pk)
             jobs.append((workspace, sub_kwargs))
         report.marked_deleted += (
-            Workspace.objects.filter(account=account, deleted_at__isnull=True)
+            Workspace.objects.alive()
+            .filter(account=account)
             .exclude(pk__in=seen)
             .update(deleted_at=now)
         )
@@ -324,16 +325,14 @@ def _write_group(result: GroupResult, report: SyncReport, teams: dict[str, Team]
         report.lines.append(f"Resource group {result.name}: {result.error}")
         return
     workspaces = list(
-        Workspace.objects.filter(
-            account_id=result.account_id,
-            resource_group__iexact=result.name,
-            deleted_at__isnull=True,
+        Workspace.objects.alive().filter(
+            account_id=result.account_id, resource_group__iexact=result.name
         )
     )
     subs = list(
-        MarketplaceSubscription.objects.filter(
-            workspace__in=workspaces, deleted_at__isnull=True
-        ).select_related("workspace")
+        MarketplaceSubscription.objects.alive()
+        .filter(workspace__in=workspaces)
+        .select_related("workspace")
     )
 
     def plan(publisher: str, offer: str, plan_id: str) -> tuple[str, str, str]:
@@ -412,10 +411,9 @@ def _write_workspace(
             )
             continue
         state = {"Subscribed": "Succeeded"}.get(s.status, s.status or "Pending")
-        MarketplaceSubscription.objects.update_or_create(
+        MarketplaceSubscription.objects.alive().update_or_create(
             workspace=workspace,
             offering=offering,
-            deleted_at__isnull=True,
             defaults={
                 "name": s.name,
                 "state": state,
@@ -427,7 +425,7 @@ def _write_workspace(
         )
         sub_names.append(s.name)
     report.marked_deleted += (
-        workspace.marketplace_subscriptions.filter(deleted_at__isnull=True)
+        workspace.marketplace_subscriptions.alive()
         .exclude(name__in=sub_names)
         .update(deleted_at=now)
     )
@@ -440,9 +438,7 @@ def _write_workspace(
         )
     report.endpoints += len(names)
     report.marked_deleted += (
-        workspace.endpoints.filter(deleted_at__isnull=True)
-        .exclude(name__in=names)
-        .update(deleted_at=now)
+        workspace.endpoints.alive().exclude(name__in=names).update(deleted_at=now)
     )
     Workspace.objects.filter(pk=workspace.pk).update(sync_error="", last_sync_at=now)
     report.workspaces_ok += 1
