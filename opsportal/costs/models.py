@@ -65,50 +65,9 @@ class CostDaily(models.Model):
         return f"{self.day} {self.resource_id} {self.meter}: {self.cost} {self.currency}"
 
 
-class CostRollup(models.Model):
-    """Daily totals per team, offering and meter: what the overview sums for the chart and the
-    offering, meter and team breakdowns. Rebuilt for a day whenever its meter rows change."""
+class MeterTotals(models.Model):
+    """Totals per team, offering and meter over a period (a day, a month)."""
 
-    day = models.DateField()
-    team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
-    offering = models.ForeignKey(
-        "inventory.Offering", on_delete=models.SET_NULL, null=True, blank=True
-    )
-    meter = models.CharField(max_length=200)
-    unit = models.CharField(max_length=40, blank=True)
-    currency = models.CharField(max_length=3)
-    quantity = models.DecimalField(max_digits=22, decimal_places=6, default=0)
-    cost = models.DecimalField(max_digits=26, decimal_places=10, default=0)
-
-    class Meta:
-        indexes = [models.Index(fields=["day", "team"])]
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.meter}: {self.cost} {self.currency}"
-
-
-class CostWorkspaceDay(models.Model):
-    """Daily totals per workspace: the overview's workspace breakdown."""
-
-    day = models.DateField()
-    workspace = models.ForeignKey(
-        "inventory.Workspace", on_delete=models.CASCADE, null=True, blank=True
-    )
-    team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
-    currency = models.CharField(max_length=3)
-    cost = models.DecimalField(max_digits=26, decimal_places=10, default=0)
-
-    class Meta:
-        indexes = [models.Index(fields=["day", "team"])]
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.workspace_id}: {self.cost} {self.currency}"
-
-
-class CostMonth(models.Model):
-    """Monthly totals per team, offering and meter: the overview's totals and breakdowns."""
-
-    month = models.DateField(help_text="The first day of the month.")
     team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
     offering = models.ForeignKey(
         "inventory.Offering", on_delete=models.SET_NULL, null=True, blank=True
@@ -120,22 +79,60 @@ class CostMonth(models.Model):
     cost = models.DecimalField(max_digits=28, decimal_places=10, default=0)
 
     class Meta:
-        indexes = [models.Index(fields=["month", "team"])]
-
-    def __str__(self) -> str:
-        return f"{self.month:%Y-%m} {self.meter}: {self.cost} {self.currency}"
+        abstract = True
 
 
-class CostWorkspaceMonth(models.Model):
-    """Monthly totals per workspace: the overview's workspace breakdown."""
+class WorkspaceTotals(models.Model):
+    """Totals per workspace over a period: the overview's workspace breakdown."""
 
-    month = models.DateField()
     workspace = models.ForeignKey(
         "inventory.Workspace", on_delete=models.CASCADE, null=True, blank=True
     )
     team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True)
     currency = models.CharField(max_length=3)
     cost = models.DecimalField(max_digits=28, decimal_places=10, default=0)
+
+    class Meta:
+        abstract = True
+
+
+class CostRollup(MeterTotals):
+    """Daily meter totals: what the overview sums for the chart and the offering, meter and team
+    breakdowns. Rebuilt for a day whenever its meter rows change."""
+
+    day = models.DateField()
+
+    class Meta:
+        indexes = [models.Index(fields=["day", "team"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.meter}: {self.cost} {self.currency}"
+
+
+class CostWorkspaceDay(WorkspaceTotals):
+    day = models.DateField()
+
+    class Meta:
+        indexes = [models.Index(fields=["day", "team"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workspace_id}: {self.cost} {self.currency}"
+
+
+class CostMonth(MeterTotals):
+    """Monthly meter totals: the overview's totals and breakdowns."""
+
+    month = models.DateField(help_text="The first day of the month.")
+
+    class Meta:
+        indexes = [models.Index(fields=["month", "team"])]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.meter}: {self.cost} {self.currency}"
+
+
+class CostWorkspaceMonth(WorkspaceTotals):
+    month = models.DateField(help_text="The first day of the month.")
 
     class Meta:
         indexes = [models.Index(fields=["month", "team"])]

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from opsportal.costs.models import (
@@ -21,6 +21,8 @@ from opsportal.costs.models import (
     CostSource,
     CostWorkspaceDay,
     CostWorkspaceMonth,
+    MeterTotals,
+    WorkspaceTotals,
 )
 from opsportal.inventory.models import (
     CloudAccount,
@@ -158,47 +160,14 @@ def _upsert(source: str, day: date, rows: list[CostDaily], *, replace_day: bool)
 
 
 def rollups_rebuild(*, days: Iterable[date]) -> None:
-    """The overview's per-day totals, from the meter rows of those days."""
+    """The overview's per-day totals from the meter rows of those days, then their months'."""
     days = sorted(set(days))
     if not days:
         return
     with transaction.atomic():
-        CostRollup.objects.filter(day__in=days).delete()
-        CostWorkspaceDay.objects.filter(day__in=days).delete()
         rows = CostDaily.objects.filter(day__in=days)
-        CostRollup.objects.bulk_create(
-            [
-                CostRollup(
-                    day=t["day"],
-                    team_id=t["team"],
-                    offering_id=t["offering"],
-                    meter=t["meter"],
-                    unit=t["unit"],
-                    currency=t["currency"],
-                    quantity=t["q"] or 0,
-                    cost=t["c"] or 0,
-                )
-                for t in rows.values("day", "team", "offering", "meter", "unit", "currency")
-                .annotate(q=Sum("quantity"), c=Sum("cost"))
-                .order_by()
-            ],
-            batch_size=1000,
-        )
-        CostWorkspaceDay.objects.bulk_create(
-            [
-                CostWorkspaceDay(
-                    day=t["day"],
-                    workspace_id=t["workspace"],
-                    team_id=t["team"],
-                    currency=t["currency"],
-                    cost=t["c"] or 0,
-                )
-                for t in rows.values("day", "workspace", "team", "currency")
-                .annotate(c=Sum("cost"))
-                .order_by()
-            ],
-            batch_size=1000,
-        )
+        totals_replace(CostRollup, {"day__in": days}, rows, ("day", *METER_KEYS))
+        totals_replace(CostWorkspaceDay, {"day__in": days}, rows, ("day", *WORKSPACE_KEYS))
         months_rebuild(months={d.replace(day=1) for d in days})
 
 
@@ -206,43 +175,42 @@ def months_rebuild(*, months: Iterable[date]) -> None:
     """Monthly totals from the daily rollups of those months."""
     for first in sorted(set(months)):
         last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
-        CostMonth.objects.filter(month=first).delete()
-        CostWorkspaceMonth.objects.filter(month=first).delete()
-        CostMonth.objects.bulk_create(
-            [
-                CostMonth(
-                    month=first,
-                    team_id=t["team"],
-                    offering_id=t["offering"],
-                    meter=t["meter"],
-                    unit=t["unit"],
-                    currency=t["currency"],
-                    quantity=t["q"] or 0,
-                    cost=t["c"] or 0,
-                )
-                for t in CostRollup.objects.filter(day__gte=first, day__lte=last)
-                .values("team", "offering", "meter", "unit", "currency")
-                .annotate(q=Sum("quantity"), c=Sum("cost"))
-                .order_by()
-            ],
-            batch_size=1000,
+        in_month = {"day__gte": first, "day__lte": last}
+        meters = CostRollup.objects.filter(**in_month)
+        totals_replace(CostMonth, {"month": first}, meters, METER_KEYS, month=first)
+        workspaces = CostWorkspaceDay.objects.filter(**in_month)
+        totals_replace(
+            CostWorkspaceMonth, {"month": first}, workspaces, WORKSPACE_KEYS, month=first
         )
-        CostWorkspaceMonth.objects.bulk_create(
-            [
-                CostWorkspaceMonth(
-                    month=first,
-                    workspace_id=t["workspace"],
-                    team_id=t["team"],
-                    currency=t["currency"],
-                    cost=t["c"] or 0,
-                )
-                for t in CostWorkspaceDay.objects.filter(day__gte=first, day__lte=last)
-                .values("workspace", "team", "currency")
-                .annotate(c=Sum("cost"))
-                .order_by()
-            ],
-            batch_size=1000,
-        )
+
+
+METER_KEYS = ("team", "offering", "meter", "unit", "currency")
+WORKSPACE_KEYS = ("workspace", "team", "currency")
+
+
+def totals_replace(
+    model: type[MeterTotals | WorkspaceTotals],
+    period: dict[str, object],
+    source: QuerySet[Any],
+    keys: tuple[str, ...],
+    **fixed: object,
+) -> None:
+    """Replace `model`'s rows of `period` with `source` summed by `keys` (quantity and cost, as
+    far as the model has them); `fixed` fields are the same on every new row."""
+    sums = [f for f in ("quantity", "cost") if any(x.name == f for x in model._meta.fields)]
+    model.objects.filter(**period).delete()
+    grouped = source.values(*keys).annotate(**{f"sum_{f}": Sum(f) for f in sums}).order_by()
+    model.objects.bulk_create(
+        [
+            model(
+                **fixed,
+                **{model._meta.get_field(k).attname: row[k] for k in keys},
+                **{f: row[f"sum_{f}"] or 0 for f in sums},
+            )
+            for row in grouped
+        ],
+        batch_size=1000,
+    )
 
 
 # --- Azure ----------------------------------------------------------------------------------
