@@ -138,7 +138,8 @@ def start_llama_server(binary: Path, dep: Deployed, threads: int, port: int) -> 
     context per slot, one KV stream per slot, batch size and attention kernel."""
     import httpx
 
-    from opsportal.runtime.engine import N_BATCH, resolve_model_path
+    from opsportal.runtime.decoding import N_BATCH
+    from opsportal.runtime.engine import resolve_model_path
 
     # fmt: off
     args = [

@@ -7,4 +7,4 @@ class DeploymentsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers this app's job runners (opsportal.jobs.services.runner).
-        from opsportal.deployments import jobs  # noqa: F401
+        from opsportal.deployments.jobs import change, delete, deploy  # noqa: F401

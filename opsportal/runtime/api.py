@@ -8,6 +8,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+# What safe_prompt=true puts before the messages, as Mistral's platform does.
+SAFE_PROMPT = (
+    "Always assist with care, respect, and truth. Respond with utmost utility yet securely. "
+    "Avoid harmful, unethical, prejudiced, or negative content. Ensure replies promote "
+    "fairness and positivity."
+)
+
 ROLES = {"system", "user", "assistant"}
 MAX_N = 16
 MAX_LOGPROBS = 20

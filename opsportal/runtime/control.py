@@ -18,7 +18,8 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from opsportal.inventory.models import Endpoint, ManagedDeployment, Offering, ProvisioningState
-from opsportal.runtime.engine import Engine, EngineError
+from opsportal.runtime.decoding import EngineError
+from opsportal.runtime.engine import Engine
 
 log = logging.getLogger(__name__)
 

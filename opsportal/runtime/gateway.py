@@ -11,12 +11,8 @@ metered off the token path.
 """
 
 import asyncio
-import json
 import logging
-import threading
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +26,9 @@ from starlette.routing import Route as HttpRoute
 from opsportal.core.crypto import digest, same_digest
 from opsportal.inventory.models import Endpoint, ProvisioningState
 from opsportal.runtime import api
+from opsportal.runtime.completion import Generation
 from opsportal.runtime.control import Runtime
-from opsportal.runtime.engine import SAFE_PROMPT, EngineError, Finish, GenParams, Piece
+from opsportal.runtime.decoding import GenParams
 from opsportal.runtime.limits import RateWindow, retry_after_header
 from opsportal.runtime.metering import Meter
 from opsportal.runtime.openapi import openapi_document
@@ -193,7 +190,7 @@ class Gateway:
 
     async def _admit(
         self, request: Request, path: str, mode: str, name: str, raw: bytes, started: float
-    ) -> "Response | _Generation":
+    ) -> "Response | Generation":
         """Every check before generation: the refusal to send, or the job to start."""
         view = await load_endpoint(name)
         if view is None:
@@ -203,59 +200,40 @@ class Gateway:
         slot = self._authenticate(request, view)
         meta = {"endpoint_id": view.id, "key_slot": slot or "", "route": path}
         try:
-            if slot is None:
-                raise api.ApiError(
-                    401,
-                    "Missing or invalid key: send 'Authorization: Bearer "
-                    "<key>' with the endpoint's primary or secondary key.",
-                    code="unauthorized",
-                )
-            if path not in view.routes:
-                raise api.ApiError(
-                    404,
-                    f"The {view.family} API of this endpoint does not serve "
-                    f"{path}; it serves {', '.join(view.routes)}.",
-                    code="not_found",
-                )
-            if view.state != ProvisioningState.SUCCEEDED:
-                raise api.ApiError(
-                    503,
-                    f"The endpoint is {view.state}, not ready to serve.",
-                    code="not_ready",
-                    headers={"Retry-After": "5"},
-                )
+            _check_access(view, slot, path)
             req = api.parse(
-                raw,
-                family=view.family,
-                mode=mode,
-                default_ignore_eos=view.default_ignore_eos,
+                raw, family=view.family, mode=mode, default_ignore_eos=view.default_ignore_eos
             )
-            route = self.runtime.routes.get(view.name)
-            picked = self.runtime.pick(route) if route else None
-            if picked is None:
-                raise api.ApiError(
-                    503,
-                    "No replica of this endpoint is loaded yet.",
-                    code="not_ready",
-                    headers={"Retry-After": "5"},
-                )
-            key, engine_slot = picked
+            key, engine_slot = self._replica(view)
             prompt, params = self._prepare(req, view, engine_slot)
             window = self.windows.setdefault(view.id, RateWindow())
-            wait = window.admit(rpm=view.rpm, tpm=view.tpm)
-            if wait is not None:
-                raise api.ApiError(
-                    429,
-                    f"Rate limit of this deployment reached ({view.rpm} requests/min, "
-                    f"{view.tpm} tokens/min). Retry after {retry_after_header(wait)} s.",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": retry_after_header(wait)},
-                )
+            _check_rate(view, window)
         except api.ApiError as err:
             self._meter(meta, err.status, started)
             return error_response(err)
 
-        return _Generation(self, view, req, prompt, params, key, engine_slot, window, meta, started)
+        return Generation(
+            model=view.model,
+            req=req,
+            prompt=prompt,
+            params=params,
+            slot=engine_slot,
+            window=window,
+            broken=lambda reason: self.runtime.mark_broken(key, reason),
+            finished=lambda status, **usage: self._meter(meta, status, started, **usage),
+        )
+
+    def _replica(self, view: EndpointView) -> tuple[Any, Any]:
+        route = self.runtime.routes.get(view.name)
+        picked = self.runtime.pick(route) if route else None
+        if picked is None:
+            raise api.ApiError(
+                503,
+                "No replica of this endpoint is loaded yet.",
+                code="not_ready",
+                headers={"Retry-After": "5"},
+            )
+        return picked
 
     def _authenticate(self, request: Request, view: EndpointView) -> str | None:
         header = request.headers.get("authorization", "")
@@ -275,7 +253,7 @@ class Gateway:
         if req.mode == "chat":
             messages = req.messages
             if req.safe_prompt:
-                messages = [{"role": "system", "content": SAFE_PROMPT}, *messages]
+                messages = [{"role": "system", "content": api.SAFE_PROMPT}, *messages]
             prompt = engine.chat_tokens(messages)
         else:
             prompt = engine.text_tokens(req.prompt)
@@ -341,256 +319,38 @@ class Gateway:
         )
 
 
-class _Generation:
-    """One admitted request: n (or best_of) completions on one replica, side by side."""
-
-    def __init__(
-        self,
-        gw: Gateway,
-        view: EndpointView,
-        req: api.ChatRequest,
-        prompt: list[int],
-        params: GenParams,
-        key: tuple,
-        slot: Any,
-        window: RateWindow,
-        meta: dict[str, Any],
-        started: float,
-    ) -> None:
-        self.gw, self.view, self.req, self.prompt, self.params = gw, view, req, prompt, params
-        self.key, self.slot, self.window, self.meta, self.started = key, slot, window, meta, started
-        self.id = ("chatcmpl-" if req.mode == "chat" else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.cancel = threading.Event()
-        self.out: asyncio.Queue = asyncio.Queue()
-        self.first_token_at: float | None = None
-        self.completion_tokens = 0
-
-    @property
-    def runs(self) -> int:
-        return self.req.best_of if self.params.score and self.req.best_of else self.req.n
-
-    def start(self) -> None:
-        """Every run as its own sequence in the replica's batch (on the event loop)."""
-        loop = asyncio.get_running_loop()
-        out = self.out
-        slot, runs = self.slot, self.runs
-        state = {"taken": False, "left": runs}
-
-        # These run on the event loop (posted from the decode thread), even once this request
-        # has gone away: the replica's count of requests stays right.
-        def taken() -> None:
-            if not state["taken"]:
-                state["taken"] = True
-                slot.waiting += 1
-
-        def deliver(index: int, batch: list[Piece | Finish | EngineError]) -> None:
-            for event in batch:
-                out.put_nowait((index, event))
-            if isinstance(batch[-1], Finish | EngineError):
-                if isinstance(batch[-1], EngineError):
-                    self.gw.runtime.mark_broken(self.key, str(batch[-1]))
-                state["left"] -= 1
-                if state["left"] == 0:
-                    if state["taken"]:
-                        slot.waiting -= 1
-                    out.put_nowait(None)
-
-        def sink_for(index: int):  # type: ignore[no-untyped-def]
-            return lambda batch: loop.call_soon_threadsafe(deliver, index, batch)
-
-        for index in range(runs):
-            slot.engine.submit(
-                self.prompt,
-                self.params,
-                sink_for(index),
-                self.cancel,
-                taken=lambda: loop.call_soon_threadsafe(taken),
-            )
-
-    async def events(self) -> AsyncIterator[tuple[int, Piece | Finish | EngineError]]:
-        """The runs' events as they come."""
-        try:
-            while (item := await self.out.get()) is not None:
-                if isinstance(item[1], Piece) and self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
-                if isinstance(item[1], Finish):
-                    self.completion_tokens += item[1].completion_tokens
-                yield item
-        finally:
-            self.cancel.set()  # a client that went away frees its slots at the next step
-
-    def _finish(self, status: int) -> None:
-        prompt_tokens = len(self.prompt)
-        self.window.add_tokens(prompt_tokens + self.completion_tokens)
-        self.gw._meter(
-            self.meta,
-            status,
-            self.started,
-            prompt=prompt_tokens,
-            completion=self.completion_tokens,
-            ttft=self.first_token_at,
-            stream=self.req.stream,
+def _check_access(view: EndpointView, slot: str | None, path: str) -> None:
+    """The key, the route and the endpoint's state, in the order Azure checks them."""
+    if slot is None:
+        raise api.ApiError(
+            401,
+            "Missing or invalid key: send 'Authorization: Bearer <key>' with the endpoint's "
+            "primary or secondary key.",
+            code="unauthorized",
+        )
+    if path not in view.routes:
+        raise api.ApiError(
+            404,
+            f"The {view.family} API of this endpoint does not serve {path}; it serves "
+            f"{', '.join(view.routes)}.",
+            code="not_found",
+        )
+    if view.state != ProvisioningState.SUCCEEDED:
+        raise api.ApiError(
+            503,
+            f"The endpoint is {view.state}, not ready to serve.",
+            code="not_ready",
+            headers={"Retry-After": "5"},
         )
 
-    def usage(self) -> dict[str, int]:
-        prompt = len(self.prompt)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": prompt + self.completion_tokens,
-        }
 
-    def _logprobs(self, pieces: list[Piece]) -> dict[str, list] | None:
-        if self.req.logprobs is None:
-            return None
-        return {
-            "text_offsets": [o for p in pieces for o in p.text_offsets],
-            "token_logprobs": [v for p in pieces for v in p.token_logprobs],
-            "tokens": [t for p in pieces for t in p.tokens],
-            "top_logprobs": [t for p in pieces for t in p.top_logprobs],
-        }
-
-    def _choice(self, index: int, text: str, reason: str | None, logprobs: Any) -> dict[str, Any]:
-        if self.req.mode == "chat":
-            return {
-                "index": index,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": reason,
-                "logprobs": logprobs,
-            }
-        return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
-
-    async def complete(self) -> dict[str, Any]:
-        texts: dict[int, list[Piece]] = {}
-        finishes: dict[int, Finish] = {}
-        async for index, event in self.events():
-            if isinstance(event, EngineError):
-                self._finish(500)
-                raise api.ApiError(
-                    500,
-                    "The model failed while generating; the runtime will reload it. Try again.",
-                    code="engine_error",
-                )
-            if isinstance(event, Piece):
-                texts.setdefault(index, []).append(event)
-            else:
-                finishes[index] = event
-        order = sorted(finishes)
-        if self.params.score:
-            # best_of: keep the n completions with the highest mean log-prob per token.
-            def mean(i: int) -> float:
-                return finishes[i].sum_logprob / max(1, finishes[i].completion_tokens)
-
-            order = sorted(order, key=mean, reverse=True)[: self.req.n]
-        choices = []
-        for new_index, i in enumerate(order):
-            pieces = texts.get(i, [])
-            choices.append(
-                self._choice(
-                    new_index,
-                    "".join(p.text for p in pieces),
-                    finishes[i].reason,
-                    self._logprobs(pieces),
-                )
-            )
-        self._finish(200)
-        return {
-            "id": self.id,
-            "object": "chat.completion" if self.req.mode == "chat" else "text_completion",
-            "created": self.created,
-            "model": self.view.model,
-            "choices": choices,
-            "usage": self.usage(),
-        }
-
-    def _chunk(
-        self,
-        index: int,
-        *,
-        text: str | None = None,
-        reason: str | None = None,
-        logprobs: Any = None,
-        first: bool = False,
-    ) -> dict[str, Any]:
-        if self.req.mode == "chat":
-            delta: dict[str, str] = {}
-            if first:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
-            kind = "chat.completion.chunk"
-        else:
-            choice = {
-                "index": index,
-                "text": text or "",
-                "finish_reason": reason,
-                "logprobs": logprobs,
-            }
-            kind = "text_completion"
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.view.model,
-            "choices": [choice],
-        }
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        started_choices: set[int] = set()
-        frames: dict[int, tuple[bytes, bytes]] = {}
-        status, done, finished = 200, False, 0
-        try:
-            async for index, event in self.events():
-                if isinstance(event, EngineError):
-                    status = 500
-                    err = {
-                        "error": {
-                            "message": "The model failed while generating.",
-                            "type": "engine_error",
-                            "param": None,
-                            "code": "engine_error",
-                        }
-                    }
-                    yield _sse(err)
-                    break
-                first = index not in started_choices
-                started_choices.add(index)
-                if isinstance(event, Piece) and (first or self.req.logprobs is not None):
-                    yield _sse(
-                        self._chunk(
-                            index, text=event.text, first=first, logprobs=self._logprobs([event])
-                        )
-                    )
-                elif isinstance(event, Piece):
-                    # The hot path, once per token: only the text changes between chunks.
-                    if index not in frames:
-                        frames[index] = _frame(self._chunk(index, text=_SLOT))
-                    head, tail = frames[index]
-                    yield head + json.dumps(event.text).encode() + tail
-                elif event.reason != "cancelled":
-                    chunk = self._chunk(index, reason=event.reason, first=first)
-                    finished += 1
-                    if finished == self.runs:  # runs interleave: the last to end has the total
-                        chunk["usage"] = self.usage()
-                    yield _sse(chunk)
-            if status == 200:
-                yield b"data: [DONE]\n\n"
-                done = True
-        finally:
-            # 499: the client went away before the end (the generation was stopped).
-            self._finish(status if done or status != 200 else 499)
-
-
-_SLOT = "\u0000slot\u0000"
-
-
-def _frame(chunk: dict[str, Any]) -> tuple[bytes, bytes]:
-    """A chunk's SSE bytes split around its text, to be filled in per token."""
-    head, tail = _sse(chunk).split(json.dumps(_SLOT).encode())
-    return head, tail
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+def _check_rate(view: EndpointView, window: RateWindow) -> None:
+    wait = window.admit(rpm=view.rpm, tpm=view.tpm)
+    if wait is not None:
+        raise api.ApiError(
+            429,
+            f"Rate limit of this deployment reached ({view.rpm} requests/min, {view.tpm} "
+            f"tokens/min). Retry after {retry_after_header(wait)} s.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": retry_after_header(wait)},
+        )

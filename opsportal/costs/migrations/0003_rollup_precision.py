@@ -4,30 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('costs', '0002_month_rollups_and_pull_index'),
+        ("costs", "0002_month_rollups_and_pull_index"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='costrollup',
-            name='cost',
+            model_name="costrollup",
+            name="cost",
             field=models.DecimalField(decimal_places=10, default=0, max_digits=28),
         ),
         migrations.AlterField(
-            model_name='costrollup',
-            name='quantity',
+            model_name="costrollup",
+            name="quantity",
             field=models.DecimalField(decimal_places=6, default=0, max_digits=24),
         ),
         migrations.AlterField(
-            model_name='costworkspaceday',
-            name='cost',
+            model_name="costworkspaceday",
+            name="cost",
             field=models.DecimalField(decimal_places=10, default=0, max_digits=28),
         ),
         migrations.AlterField(
-            model_name='costworkspacemonth',
-            name='month',
-            field=models.DateField(help_text='The first day of the month.'),
+            model_name="costworkspacemonth",
+            name="month",
+            field=models.DateField(help_text="The first day of the month."),
         ),
     ]

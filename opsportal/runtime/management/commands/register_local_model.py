@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import slugify
 
 from opsportal.inventory.models import Offering, Provider
-from opsportal.runtime.engine import EngineError, resolve_model_path
+from opsportal.runtime.decoding import EngineError
+from opsportal.runtime.engine import resolve_model_path
 
 ROUTES = {
     "mistral": ["/v1/chat/completions", "/chat/completions"],
